@@ -1,0 +1,228 @@
+"""PPO written once, on Tianshou's on-policy ``Algorithm`` interface.
+
+Schulman et al. 2017, "Proximal Policy Optimization Algorithms", arXiv:1707.06347.
+The algorithm learns from trajectory segments (``agents.segments``): the
+policy scores whole ``[batch, time]`` rows in one call, so the same class trains
+an MLP on CartPole and a causal LM on text. The math (GAE, losses, whitening)
+lives in ``textrl``; this module only orchestrates it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tianshou.algorithm.algorithm_base import OnPolicyAlgorithm, Policy, TrainingStats
+from tianshou.algorithm.optim import OptimizerFactory
+from tianshou.data import Batch, ReplayBuffer
+
+from agents.segment_policy import SegmentPolicy
+from agents.segments import Segments, segments_from_buffer
+from textrl.gae import masked_gae
+from textrl.masked import masked_mean, masked_whiten
+from textrl.ppo_losses import clipped_surrogate_loss, clipped_value_loss
+
+
+@dataclass(frozen=True)
+class PPORollout:
+    """Segments plus what the update needs from the policy that collected them."""
+
+    segments: Segments
+    old_log_probs: torch.Tensor
+    """``log pi_old(a_t | s_t)``, ``(B, T)``."""
+    old_values: torch.Tensor
+    """``V_old(s_t)``, ``(B, T)``."""
+    advantages: torch.Tensor
+    """GAE advantages ``A_t``, ``(B, T)``."""
+    returns: torch.Tensor
+    """Value targets ``A_t + V_old(s_t)``, ``(B, T)``."""
+
+    def select(self, rows: torch.Tensor) -> PPORollout:
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return PPORollout(**{name: value.select(rows) if name == "segments" else value[rows]
+                             for name, value in fields.items()})
+
+
+@dataclass(kw_only=True)
+class PPOTrainingStats(TrainingStats):
+    """Means over the update's minibatches (logged to TensorBoard by Tianshou's trainer)."""
+
+    loss: float
+    policy_loss: float
+    value_loss: float
+    entropy: float
+    approx_kl: float
+    clip_fraction: float
+    explained_variance: float
+    learning_rate: float
+    clip_epsilon: float
+    gradient_steps: int
+    epochs_completed: int
+
+
+class PPO(OnPolicyAlgorithm[Policy]):
+    """Proximal Policy Optimization on trajectory segments. arXiv:1707.06347.
+
+    Learns from Tianshou's ``OnPolicyTrainer`` (whole buffer per update). The
+    trainer's ``batch_size`` counts transitions per minibatch and is rounded up
+    to whole segments; its ``update_step_num_repetitions`` is the number of
+    epochs over the rollout.
+    """
+
+    def __init__(
+        self,
+        *,
+        policy: Policy,
+        optim: OptimizerFactory,
+        gamma: float = 0.99,
+        gae_lambda: float = 0.95,
+        clip_epsilon: float = 0.2,
+        dual_clip: float | None = None,
+        value_clip_epsilon: float | None = None,
+        value_coef: float = 0.5,
+        entropy_coef: float = 0.0,
+        max_grad_norm: float | None = 0.5,
+        normalize_advantages: bool = True,
+        target_kl: float | None = None,
+        annealing_updates: int | None = None,
+    ) -> None:
+        """
+        :param policy: a Tianshou policy that also implements ``SegmentPolicy``.
+        :param optim: Tianshou optimizer factory for all of the policy's parameters.
+        :param gamma: discount factor.
+        :param gae_lambda: GAE's lambda (bias/variance of the advantage).
+        :param clip_epsilon: the ratio clip range epsilon.
+        :param dual_clip: dual-clip constant c > 1 (arXiv:1912.09729), or None.
+        :param value_clip_epsilon: clip range of the value update, or None for plain MSE.
+        :param value_coef: weight of the value loss.
+        :param entropy_coef: weight of the entropy bonus.
+        :param max_grad_norm: global gradient-norm clip, or None.
+        :param normalize_advantages: whiten advantages per minibatch (masked statistics).
+        :param target_kl: stop the update's epochs once a minibatch's approx KL exceeds it.
+        :param annealing_updates: linearly anneal learning rate and clip range to 0 over this
+            many updates (CleanRL's ``anneal_lr``, rl-zoo's ``lin_`` schedules), or None.
+        """
+        super().__init__(policy=policy)
+        if not isinstance(policy, SegmentPolicy):
+            raise TypeError(
+                f"PPO needs a policy that scores whole segments (evaluate_segments, "
+                f"bootstrap_values); {type(policy).__name__} does not. See agents.MLPActorCriticPolicy."
+            )
+        if annealing_updates is not None and annealing_updates <= 0:
+            raise ValueError(f"annealing_updates must be positive, got {annealing_updates}")
+        self._torch_optimizer, lr_scheduler = optim.create_instances(policy)
+        if lr_scheduler is not None:
+            if annealing_updates is not None:
+                raise ValueError("give either annealing_updates or an lr scheduler factory, not both")
+            self.lr_schedulers.append(lr_scheduler)
+        self.optim = self.Optimizer(self._torch_optimizer, policy, max_grad_norm=max_grad_norm)
+        self._optimizers.append(self.optim)
+        self.gamma = gamma
+        self.gae_lambda = gae_lambda
+        self.clip_epsilon = clip_epsilon
+        self.dual_clip = dual_clip
+        self.value_clip_epsilon = value_clip_epsilon
+        self.value_coef = value_coef
+        self.entropy_coef = entropy_coef
+        self.normalize_advantages = normalize_advantages
+        self.target_kl = target_kl
+        self.annealing_updates = annealing_updates
+        self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
+        self._initial_learning_rates = [group["lr"] for group in self._torch_optimizer.param_groups]
+
+    @property
+    def _device(self) -> torch.device:
+        return next(self.policy.parameters()).device
+
+    def _annealing_fraction(self) -> float:
+        if self.annealing_updates is None:
+            return 1.0
+        return max(0.0, 1.0 - self.num_updates.item() / self.annealing_updates)
+
+    def _preprocess_batch(
+        self, batch: Batch, buffer: ReplayBuffer, indices: np.ndarray
+    ) -> PPORollout:
+        """Rows, old log-probs and values (one no-grad pass), then masked GAE."""
+        segments = segments_from_buffer(batch, buffer, indices, self._device)
+        with torch.no_grad():
+            evaluation = self.policy.evaluate_segments(segments)
+            next_values = self.policy.bootstrap_values(segments)
+        advantages, returns = masked_gae(
+            segments.rewards, evaluation.values, next_values, segments.terminated,
+            segments.truncated, segments.mask, self.gamma, self.gae_lambda,
+        )
+        return PPORollout(
+            segments=segments, old_log_probs=evaluation.log_probs,
+            old_values=evaluation.values, advantages=advantages, returns=returns,
+        )
+
+    def _update_with_batch(
+        self, batch: PPORollout, batch_size: int | None, repeat: int
+    ) -> PPOTrainingStats:
+        fraction = self._annealing_fraction()
+        clip_epsilon = self.clip_epsilon * fraction
+        for group, initial in zip(self._torch_optimizer.param_groups, self._initial_learning_rates,
+                                  strict=True):
+            group["lr"] = initial * fraction
+        num_rows, row_length = batch.segments.mask.shape
+        rows_per_minibatch = num_rows if batch_size is None else math.ceil(batch_size / row_length)
+        metrics: list[dict[str, torch.Tensor]] = []
+        epochs_completed = 0
+        stop = False
+        for _ in range(repeat):
+            for rows in torch.randperm(num_rows).split(rows_per_minibatch):
+                minibatch = batch.select(rows)
+                mask = minibatch.segments.mask
+                evaluation = self.policy.evaluate_segments(minibatch.segments)
+                advantages = (
+                    masked_whiten(minibatch.advantages, mask)
+                    if self.normalize_advantages else minibatch.advantages
+                )
+                policy_loss, step_metrics = clipped_surrogate_loss(
+                    evaluation.log_probs, minibatch.old_log_probs, advantages, mask,
+                    clip_epsilon, self.dual_clip,
+                )
+                if self.target_kl is not None and step_metrics["policy/approxkl"] > self.target_kl:
+                    stop = True
+                    break
+                value_loss, value_metrics = clipped_value_loss(
+                    evaluation.values, minibatch.old_values, minibatch.returns, mask,
+                    self.value_clip_epsilon,
+                )
+                entropy = masked_mean(evaluation.entropy, mask)
+                loss = policy_loss + self.value_coef * value_loss - self.entropy_coef * entropy
+                self.optim.step(loss)
+                metrics.append({**step_metrics, **value_metrics, "loss": loss.detach(),
+                                "policy/entropy": entropy.detach()})
+            if stop:
+                break
+            epochs_completed += 1
+        self.num_updates += 1
+        return self._training_stats(metrics, fraction, clip_epsilon, epochs_completed)
+
+    def _training_stats(
+        self, metrics: list[dict[str, torch.Tensor]], fraction: float, clip_epsilon: float,
+        epochs_completed: int,
+    ) -> PPOTrainingStats:
+        if metrics:
+            means = {key: torch.stack([m[key] for m in metrics]).mean().item() for key in metrics[0]}
+        else:  # the first minibatch already exceeded target_kl
+            means = {key: float("nan") for key in (
+                "loss", "policy/loss", "value/loss", "policy/entropy", "policy/approxkl",
+                "policy/clipfrac", "value/explained_variance")}
+        return PPOTrainingStats(
+            loss=means["loss"],
+            policy_loss=means["policy/loss"],
+            value_loss=means["value/loss"],
+            entropy=means["policy/entropy"],
+            approx_kl=means["policy/approxkl"],
+            clip_fraction=means["policy/clipfrac"],
+            explained_variance=means["value/explained_variance"],
+            learning_rate=self._initial_learning_rates[0] * fraction,
+            clip_epsilon=clip_epsilon,
+            gradient_steps=len(metrics),
+            epochs_completed=epochs_completed,
+        )
