@@ -68,7 +68,7 @@ class VectorEnvCollector(BaseCollector[CollectStats]):
         """Rows whose next ``step`` is Gymnasium's autoreset, not a transition."""
         self._episode_returns = np.zeros(self._num_envs, dtype=np.float64)
         self._episode_lengths = np.zeros(self._num_envs, dtype=np.int64)
-        super().__init__(policy, env, buffer or SegmentBuffer(100_000))
+        super().__init__(policy, env, buffer if buffer is not None else SegmentBuffer(100_000))
         self._action_space = env.single_action_space
 
     @property
