@@ -82,25 +82,57 @@ PRESETS: dict[str, ClassicPPOConfig] = {
     "CartPole-v1": ClassicPPOConfig(solved_return=500.0),
     # rl-zoo ppo.yml: Acrobot-v1 (no observation normalisation; segments of 256 steps)
     "Acrobot-v1": ClassicPPOConfig(
-        env_id="Acrobot-v1", total_steps=300_000, num_envs=16, steps_per_env=256, epochs=4,
-        minibatch_size=1024, learning_rate=3e-4, anneal=False, gamma=0.99, gae_lambda=0.94,
+        env_id="Acrobot-v1",
+        total_steps=300_000,
+        num_envs=16,
+        steps_per_env=256,
+        epochs=4,
+        minibatch_size=1024,
+        learning_rate=3e-4,
+        anneal=False,
+        gamma=0.99,
+        gae_lambda=0.94,
     ),
     # rl-zoo ppo.yml: MountainCar-v0 (sparse reward: expect no progress without normalisation)
     "MountainCar-v0": ClassicPPOConfig(
-        env_id="MountainCar-v0", total_steps=1_000_000, num_envs=16, steps_per_env=16, epochs=4,
-        minibatch_size=256, learning_rate=3e-4, anneal=False, gamma=0.99, gae_lambda=0.98,
+        env_id="MountainCar-v0",
+        total_steps=1_000_000,
+        num_envs=16,
+        steps_per_env=16,
+        epochs=4,
+        minibatch_size=256,
+        learning_rate=3e-4,
+        anneal=False,
+        gamma=0.99,
+        gae_lambda=0.98,
     ),
     # rl-zoo ppo.yml: Pendulum-v1, without gSDE
     "Pendulum-v1": ClassicPPOConfig(
-        env_id="Pendulum-v1", total_steps=200_000, num_envs=4, steps_per_env=1024, epochs=10,
-        minibatch_size=1024, learning_rate=1e-3, anneal=False, gamma=0.9, gae_lambda=0.95,
+        env_id="Pendulum-v1",
+        total_steps=200_000,
+        num_envs=4,
+        steps_per_env=1024,
+        epochs=10,
+        minibatch_size=1024,
+        learning_rate=1e-3,
+        anneal=False,
+        gamma=0.9,
+        gae_lambda=0.95,
         solved_return=-200.0,
     ),
     # CleanRL ppo_continuous_action.py defaults
     "MountainCarContinuous-v0": ClassicPPOConfig(
-        env_id="MountainCarContinuous-v0", total_steps=200_000, num_envs=1, steps_per_env=2048,
-        epochs=10, minibatch_size=64, learning_rate=3e-4, anneal=True, gamma=0.99,
-        gae_lambda=0.95, entropy_coef=0.0,
+        env_id="MountainCarContinuous-v0",
+        total_steps=200_000,
+        num_envs=1,
+        steps_per_env=2048,
+        epochs=10,
+        minibatch_size=64,
+        learning_rate=3e-4,
+        anneal=True,
+        gamma=0.99,
+        gae_lambda=0.95,
+        entropy_coef=0.0,
     ),
 }
 
@@ -110,8 +142,16 @@ def preset(env_id: str) -> ClassicPPOConfig:
     if env_id in PRESETS:
         return PRESETS[env_id]
     return ClassicPPOConfig(
-        env_id=env_id, total_steps=500_000, num_envs=4, steps_per_env=128, epochs=4,
-        minibatch_size=128, learning_rate=2.5e-4, anneal=True, gamma=0.99, gae_lambda=0.95,
+        env_id=env_id,
+        total_steps=500_000,
+        num_envs=4,
+        steps_per_env=128,
+        epochs=4,
+        minibatch_size=128,
+        learning_rate=2.5e-4,
+        anneal=True,
+        gamma=0.99,
+        gae_lambda=0.95,
         entropy_coef=0.01,
     )
 

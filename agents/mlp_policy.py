@@ -101,14 +101,17 @@ class MLPActorCriticPolicy(Policy):
     ) -> None:
         if not isinstance(observation_space, gym.spaces.Box) or len(observation_space.shape) != 1:
             raise ValueError(
-                f"MLPActorCriticPolicy needs a flat Box observation space, got {observation_space}; "
+                "MLPActorCriticPolicy needs a flat Box observation space, got "
+                f"{observation_space}; "
                 "flatten the observations with gymnasium.wrappers.FlattenObservation"
             )
         is_discrete = isinstance(action_space, gym.spaces.Discrete)
         if not is_discrete and not (
             isinstance(action_space, gym.spaces.Box) and len(action_space.shape) == 1
         ):
-            raise ValueError(f"MLPActorCriticPolicy supports Discrete or flat Box actions, got {action_space}")
+            raise ValueError(
+                f"MLPActorCriticPolicy supports Discrete or flat Box actions, got {action_space}"
+            )
         super().__init__(
             action_space=action_space,
             observation_space=observation_space,
@@ -137,7 +140,7 @@ class MLPActorCriticPolicy(Policy):
         return self.networks.value_head.weight.device
 
     def forward(self, batch: Batch, state: object | None = None) -> Batch:
-        """Act on ``batch.obs`` ``(N, obs_dim)``: sample, or take the mode in deterministic evaluation."""
+        """Act on ``batch.obs`` ``(N, obs_dim)``: a sample, or the mode when evaluating."""
         observations = torch.as_tensor(batch.obs, dtype=torch.float32, device=self.device)
         with torch.no_grad():
             output = self.networks.policy_output(observations)  # (N, action_dim)
@@ -145,7 +148,9 @@ class MLPActorCriticPolicy(Policy):
             if self.is_discrete:
                 actions = output.argmax(-1) if deterministic else sample_categorical(output)
             else:
-                actions = output if deterministic else sample_diagonal_gaussian(output, self.log_std)
+                actions = (
+                    output if deterministic else sample_diagonal_gaussian(output, self.log_std)
+                )
         return Batch(act=actions.cpu().numpy(), state=None)
 
     def _log_probs_and_entropy(

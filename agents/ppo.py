@@ -42,8 +42,12 @@ class PPORollout:
 
     def select(self, rows: torch.Tensor) -> PPORollout:
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        return PPORollout(**{name: value.select(rows) if name == "segments" else value[rows]
-                             for name, value in fields.items()})
+        return PPORollout(
+            **{
+                name: value.select(rows) if name == "segments" else value[rows]
+                for name, value in fields.items()
+            }
+        )
 
 
 @dataclass(kw_only=True)
@@ -109,14 +113,17 @@ class PPO(OnPolicyAlgorithm[Policy]):
         if not isinstance(policy, SegmentPolicy):
             raise TypeError(
                 f"PPO needs a policy that scores whole segments (evaluate_segments, "
-                f"bootstrap_values); {type(policy).__name__} does not. See agents.MLPActorCriticPolicy."
+                f"bootstrap_values); {type(policy).__name__} does not. "
+                "See agents.MLPActorCriticPolicy."
             )
         if annealing_updates is not None and annealing_updates <= 0:
             raise ValueError(f"annealing_updates must be positive, got {annealing_updates}")
         self._torch_optimizer, lr_scheduler = optim.create_instances(policy)
         if lr_scheduler is not None:
             if annealing_updates is not None:
-                raise ValueError("give either annealing_updates or an lr scheduler factory, not both")
+                raise ValueError(
+                    "give either annealing_updates or an lr scheduler factory, not both"
+                )
             self.lr_schedulers.append(lr_scheduler)
         self.optim = self.Optimizer(self._torch_optimizer, policy, max_grad_norm=max_grad_norm)
         self._optimizers.append(self.optim)
@@ -151,12 +158,21 @@ class PPO(OnPolicyAlgorithm[Policy]):
             evaluation = self.policy.evaluate_segments(segments)
             next_values = self.policy.bootstrap_values(segments)
         advantages, returns = masked_gae(
-            segments.rewards, evaluation.values, next_values, segments.terminated,
-            segments.truncated, segments.mask, self.gamma, self.gae_lambda,
+            segments.rewards,
+            evaluation.values,
+            next_values,
+            segments.terminated,
+            segments.truncated,
+            segments.mask,
+            self.gamma,
+            self.gae_lambda,
         )
         return PPORollout(
-            segments=segments, old_log_probs=evaluation.log_probs,
-            old_values=evaluation.values, advantages=advantages, returns=returns,
+            segments=segments,
+            old_log_probs=evaluation.log_probs,
+            old_values=evaluation.values,
+            advantages=advantages,
+            returns=returns,
         )
 
     def _update_with_batch(
@@ -164,8 +180,9 @@ class PPO(OnPolicyAlgorithm[Policy]):
     ) -> PPOTrainingStats:
         fraction = self._annealing_fraction()
         clip_epsilon = self.clip_epsilon * fraction
-        for group, initial in zip(self._torch_optimizer.param_groups, self._initial_learning_rates,
-                                  strict=True):
+        for group, initial in zip(
+            self._torch_optimizer.param_groups, self._initial_learning_rates, strict=True
+        ):
             group["lr"] = initial * fraction
         num_rows, row_length = batch.segments.mask.shape
         rows_per_minibatch = num_rows if batch_size is None else math.ceil(batch_size / row_length)
@@ -179,24 +196,38 @@ class PPO(OnPolicyAlgorithm[Policy]):
                 evaluation = self.policy.evaluate_segments(minibatch.segments)
                 advantages = (
                     masked_whiten(minibatch.advantages, mask)
-                    if self.normalize_advantages else minibatch.advantages
+                    if self.normalize_advantages
+                    else minibatch.advantages
                 )
                 policy_loss, step_metrics = clipped_surrogate_loss(
-                    evaluation.log_probs, minibatch.old_log_probs, advantages, mask,
-                    clip_epsilon, self.dual_clip,
+                    evaluation.log_probs,
+                    minibatch.old_log_probs,
+                    advantages,
+                    mask,
+                    clip_epsilon,
+                    self.dual_clip,
                 )
                 if self.target_kl is not None and step_metrics["policy/approxkl"] > self.target_kl:
                     stop = True
                     break
                 value_loss, value_metrics = clipped_value_loss(
-                    evaluation.values, minibatch.old_values, minibatch.returns, mask,
+                    evaluation.values,
+                    minibatch.old_values,
+                    minibatch.returns,
+                    mask,
                     self.value_clip_epsilon,
                 )
                 entropy = masked_mean(evaluation.entropy, mask)
                 loss = policy_loss + self.value_coef * value_loss - self.entropy_coef * entropy
                 self.optim.step(loss)
-                metrics.append({**step_metrics, **value_metrics, "loss": loss.detach(),
-                                "policy/entropy": entropy.detach()})
+                metrics.append(
+                    {
+                        **step_metrics,
+                        **value_metrics,
+                        "loss": loss.detach(),
+                        "policy/entropy": entropy.detach(),
+                    }
+                )
             if stop:
                 break
             epochs_completed += 1
@@ -204,15 +235,29 @@ class PPO(OnPolicyAlgorithm[Policy]):
         return self._training_stats(metrics, fraction, clip_epsilon, epochs_completed)
 
     def _training_stats(
-        self, metrics: list[dict[str, torch.Tensor]], fraction: float, clip_epsilon: float,
+        self,
+        metrics: list[dict[str, torch.Tensor]],
+        fraction: float,
+        clip_epsilon: float,
         epochs_completed: int,
     ) -> PPOTrainingStats:
         if metrics:
-            means = {key: torch.stack([m[key] for m in metrics]).mean().item() for key in metrics[0]}
+            means = {
+                key: torch.stack([m[key] for m in metrics]).mean().item() for key in metrics[0]
+            }
         else:  # the first minibatch already exceeded target_kl
-            means = {key: float("nan") for key in (
-                "loss", "policy/loss", "value/loss", "policy/entropy", "policy/approxkl",
-                "policy/clipfrac", "value/explained_variance")}
+            means = {
+                key: float("nan")
+                for key in (
+                    "loss",
+                    "policy/loss",
+                    "value/loss",
+                    "policy/entropy",
+                    "policy/approxkl",
+                    "policy/clipfrac",
+                    "value/explained_variance",
+                )
+            }
         return PPOTrainingStats(
             loss=means["loss"],
             policy_loss=means["policy/loss"],

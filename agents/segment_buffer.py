@@ -36,7 +36,7 @@ class SegmentBuffer(ReplayBuffer):
         ]
 
     def add_rows(self, rows: Batch, row_lengths: np.ndarray) -> None:
-        """Append rows; ``rows`` holds ``(num_rows, max_len, ...)`` arrays, valid up to ``row_lengths``.
+        """Append rows: ``(num_rows, max_len, ...)`` arrays, valid up to ``row_lengths``.
 
         Required keys: ``obs, act, rew, terminated, truncated, obs_next``.
         """
@@ -58,8 +58,10 @@ class SegmentBuffer(ReplayBuffer):
         )
         if self._size == 0:
             self._meta = Batch(
-                {key: np.zeros((self.maxsize, *value.shape[1:]), dtype=value.dtype)
-                 for key, value in flat.items()}
+                {
+                    key: np.zeros((self.maxsize, *value.shape[1:]), dtype=value.dtype)
+                    for key, value in flat.items()
+                }
             )
         for key, value in flat.items():
             self._meta[key][self._size : self._size + num_new] = value

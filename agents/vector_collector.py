@@ -109,12 +109,16 @@ class VectorEnvCollector(BaseCollector[CollectStats]):
         gym_reset_kwargs: dict[str, Any] | None = None,
     ) -> CollectStats:
         if render:
-            raise ValueError("VectorEnvCollector does not render; use Tianshou's Collector for that")
+            raise ValueError(
+                "VectorEnvCollector does not render; use Tianshou's Collector for that"
+            )
         if n_episode:
             # every counted episode must be whole: start them all from a reset
             self.reset_env(gym_reset_kwargs)
         elif self._observations is None:
-            raise RuntimeError("call collector.reset() (or collect(..., reset_before_collect=True)) first")
+            raise RuntimeError(
+                "call collector.reset() (or collect(..., reset_before_collect=True)) first"
+            )
         start_time = time.perf_counter()
         num_envs = self._num_envs
         quota = self._episode_quota(n_episode) if n_episode else None
@@ -141,8 +145,9 @@ class VectorEnvCollector(BaseCollector[CollectStats]):
             recording = ~self._resetting
             if quota is not None:
                 recording &= episodes_done < quota
-            rows.write(recording, observations, actions, rewards, terminated, truncated,
-                       next_observations)
+            rows.write(
+                recording, observations, actions, rewards, terminated, truncated, next_observations
+            )
             num_steps += int(recording.sum())
             done = terminated | truncated
             self._episode_returns[recording] += rewards[recording]
@@ -220,6 +225,10 @@ class _RowArrays:
 
     def as_batch(self) -> Batch:
         return Batch(
-            obs=self.obs, act=self.act, rew=self.rew, terminated=self.terminated,
-            truncated=self.truncated, obs_next=self.obs_next,
+            obs=self.obs,
+            act=self.act,
+            rew=self.rew,
+            terminated=self.terminated,
+            truncated=self.truncated,
+            obs_next=self.obs_next,
         )

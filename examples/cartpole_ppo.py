@@ -25,17 +25,33 @@ from textrl.checkpoint import save_atomically
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--env-id", default="CartPole-v1", help="Gymnasium task id")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--total-steps", type=int, default=None, help="env-step budget (preset's by default)")
-    parser.add_argument("--num-envs", type=int, default=None, help="parallel environments (preset's by default)")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest for small MLPs)")
-    parser.add_argument("--log-dir", type=Path, default=None, help="TensorBoard directory (runs/<env>-seed<k>)")
-    parser.add_argument("--checkpoint", type=Path, default=None,
-                        help="where to save the trained algorithm (checkpoints/<env>-seed<k>.pt)")
-    parser.add_argument("--eval-episodes", type=int, default=20, help="episodes of the final evaluation")
+    parser.add_argument(
+        "--total-steps", type=int, default=None, help="env-step budget (preset's by default)"
+    )
+    parser.add_argument(
+        "--num-envs", type=int, default=None, help="parallel environments (preset's by default)"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads (1 is fastest for small MLPs)"
+    )
+    parser.add_argument(
+        "--log-dir", type=Path, default=None, help="TensorBoard directory (runs/<env>-seed<k>)"
+    )
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="where to save the trained algorithm (checkpoints/<env>-seed<k>.pt)",
+    )
+    parser.add_argument(
+        "--eval-episodes", type=int, default=20, help="episodes of the final evaluation"
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     return parser.parse_args(argv)
 
@@ -47,9 +63,16 @@ def main(args: argparse.Namespace) -> dict[str, object]:
     run_name = f"{args.env_id}-seed{args.seed}"
     log_dir = args.log_dir or Path("runs") / run_name
     checkpoint = args.checkpoint or Path("checkpoints") / f"{run_name}.pt"
-    config = with_overrides(preset(args.env_id), total_steps=args.total_steps, num_envs=args.num_envs)
-    training = build_training(config, seed=args.seed, device=args.device, log_dir=log_dir,
-                              show_progress=not args.no_progress)
+    config = with_overrides(
+        preset(args.env_id), total_steps=args.total_steps, num_envs=args.num_envs
+    )
+    training = build_training(
+        config,
+        seed=args.seed,
+        device=args.device,
+        log_dir=log_dir,
+        show_progress=not args.no_progress,
+    )
     start = time.perf_counter()
     info = training.algorithm.run_training(training.trainer_params)
     seconds = time.perf_counter() - start
@@ -58,7 +81,9 @@ def main(args: argparse.Namespace) -> dict[str, object]:
         evaluation = training.test_collector.collect(n_episode=args.eval_episodes)
     assert evaluation.returns_stat is not None
     if training.writer is not None:
-        training.writer.add_scalar("final/eval_mean_return", evaluation.returns_stat.mean, info.train_step)
+        training.writer.add_scalar(
+            "final/eval_mean_return", evaluation.returns_stat.mean, info.train_step
+        )
         training.writer.close()
     print(f"TensorBoard logs: {log_dir}   checkpoint: {checkpoint}")
     result = {

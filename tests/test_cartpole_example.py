@@ -18,10 +18,22 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "cartpole_ppo.py"
 @pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
 def test_example_writes_logs_checkpoint_and_ends_with_json(tmp_path, monkeypatch, capsys, env_id):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", [
-        str(EXAMPLE), "--env-id", env_id, "--seed", "3", "--total-steps", "4096",
-        "--eval-episodes", "3", "--no-progress",
-    ])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            str(EXAMPLE),
+            "--env-id",
+            env_id,
+            "--seed",
+            "3",
+            "--total-steps",
+            "4096",
+            "--eval-episodes",
+            "3",
+            "--no-progress",
+        ],
+    )
     runpy.run_path(str(EXAMPLE), run_name="__main__")
     last_line = capsys.readouterr().out.strip().splitlines()[-1]
     result = json.loads(last_line)

@@ -52,10 +52,14 @@ def test_masked_gae_matches_naive_loop(batch):
     rows, time = batch["rewards"].shape
     mask = np.arange(time)[None, :] < batch["lengths"][:, None]
     advantages, returns = masked_gae(
-        torch.tensor(batch["rewards"]), torch.tensor(batch["values"]),
-        torch.tensor(batch["next_values"]), torch.tensor(batch["terminated"]),
-        torch.tensor(batch["truncated"]), torch.tensor(mask, dtype=torch.float64),
-        batch["gamma"], batch["lam"],
+        torch.tensor(batch["rewards"]),
+        torch.tensor(batch["values"]),
+        torch.tensor(batch["next_values"]),
+        torch.tensor(batch["terminated"]),
+        torch.tensor(batch["truncated"]),
+        torch.tensor(mask, dtype=torch.float64),
+        batch["gamma"],
+        batch["lam"],
     )
     expected = naive_gae(**batch)
     np.testing.assert_allclose(advantages.numpy(), expected, rtol=1e-10, atol=1e-10)
@@ -70,10 +74,26 @@ def one_row(values_list):
 def test_terminated_step_does_not_bootstrap_but_truncated_does():
     rewards, values, next_values = one_row([1.0]), one_row([0.5]), one_row([10.0])
     mask = one_row([1.0])
-    terminated_adv, _ = masked_gae(rewards, values, next_values, torch.tensor([[True]]),
-                                   torch.tensor([[False]]), mask, 0.9, 0.95)
-    truncated_adv, _ = masked_gae(rewards, values, next_values, torch.tensor([[False]]),
-                                  torch.tensor([[True]]), mask, 0.9, 0.95)
+    terminated_adv, _ = masked_gae(
+        rewards,
+        values,
+        next_values,
+        torch.tensor([[True]]),
+        torch.tensor([[False]]),
+        mask,
+        0.9,
+        0.95,
+    )
+    truncated_adv, _ = masked_gae(
+        rewards,
+        values,
+        next_values,
+        torch.tensor([[False]]),
+        torch.tensor([[True]]),
+        mask,
+        0.9,
+        0.95,
+    )
     assert terminated_adv.item() == 1.0 - 0.5
     assert truncated_adv.item() == 1.0 + 0.9 * 10.0 - 0.5
 
@@ -85,6 +105,8 @@ def test_advantage_does_not_flow_across_an_episode_end_or_from_padding():
     terminated = torch.tensor([[True, False, False]])
     truncated = torch.zeros(1, 3, dtype=torch.bool)
     mask = one_row([1.0, 1.0, 0.0])
-    advantages, returns = masked_gae(rewards, values, next_values, terminated, truncated, mask, 1.0, 1.0)
+    advantages, returns = masked_gae(
+        rewards, values, next_values, terminated, truncated, mask, 1.0, 1.0
+    )
     assert advantages.tolist() == [[0.0, 100.0, 0.0]]
     assert returns.tolist() == [[0.0, 100.0, 0.0]]

@@ -30,9 +30,12 @@ def test_masked_statistics_equal_numpy_on_valid_entries(data):
     values, mask = data
     valid = values[mask]
     t_values, t_mask = torch.tensor(values), torch.tensor(mask, dtype=torch.float64)
-    np.testing.assert_allclose(masked_mean(t_values, t_mask).item(), valid.mean(), rtol=1e-9, atol=1e-9)
-    np.testing.assert_allclose(masked_variance(t_values, t_mask).item(), valid.var(ddof=1),
-                               rtol=1e-8, atol=1e-8)
+    np.testing.assert_allclose(
+        masked_mean(t_values, t_mask).item(), valid.mean(), rtol=1e-9, atol=1e-9
+    )
+    np.testing.assert_allclose(
+        masked_variance(t_values, t_mask).item(), valid.var(ddof=1), rtol=1e-8, atol=1e-8
+    )
 
 
 @settings(max_examples=150, deadline=None)

@@ -27,7 +27,9 @@ from textrl.distributions import diagonal_gaussian_log_probs_and_entropy
 def cartpole_policy(seed: int = 0) -> MLPActorCriticPolicy:
     torch.manual_seed(seed)
     env = gym.make("CartPole-v1")
-    return MLPActorCriticPolicy(observation_space=env.observation_space, action_space=env.action_space)
+    return MLPActorCriticPolicy(
+        observation_space=env.observation_space, action_space=env.action_space
+    )
 
 
 def test_ppo_rejects_a_policy_that_cannot_score_segments():
@@ -50,8 +52,13 @@ def test_ppo_learns_cartpole_with_the_vector_collector():
 @pytest.mark.slow
 def test_ppo_learns_cartpole_with_tianshous_stock_collector_and_vector_env():
     policy = cartpole_policy(seed=2)
-    algorithm = PPO(policy=policy, optim=AdamOptimizerFactory(lr=1e-3), gamma=0.98, gae_lambda=0.8,
-                    annealing_updates=80)
+    algorithm = PPO(
+        policy=policy,
+        optim=AdamOptimizerFactory(lr=1e-3),
+        gamma=0.98,
+        gae_lambda=0.8,
+        annealing_updates=80,
+    )
     train_envs = DummyVectorEnv([lambda: gym.make("CartPole-v1") for _ in range(8)])
     test_envs = DummyVectorEnv([lambda: gym.make("CartPole-v1") for _ in range(10)])
     train_envs.seed(2)
@@ -59,9 +66,15 @@ def test_ppo_learns_cartpole_with_tianshous_stock_collector_and_vector_env():
     params = OnPolicyTrainerParams(
         training_collector=Collector(algorithm, train_envs, VectorReplayBuffer(4096, 8)),
         test_collector=Collector(algorithm, test_envs),
-        max_epochs=4, epoch_num_steps=5_000, collection_step_num_env_steps=256,
-        test_step_num_episodes=10, batch_size=256, update_step_num_repetitions=20,
-        stop_fn=lambda mean_return: mean_return >= 200, show_progress=False, verbose=False,
+        max_epochs=4,
+        epoch_num_steps=5_000,
+        collection_step_num_env_steps=256,
+        test_step_num_episodes=10,
+        batch_size=256,
+        update_step_num_repetitions=20,
+        stop_fn=lambda mean_return: mean_return >= 200,
+        show_progress=False,
+        verbose=False,
     )
     info = algorithm.run_training(params)
     assert info.best_reward >= 200
@@ -92,8 +105,9 @@ def test_target_kl_stops_the_epochs_after_the_first_step_that_moves_the_policy()
 
 def test_annealing_takes_learning_rate_and_clip_range_linearly_to_zero():
     policy = cartpole_policy()
-    algorithm = PPO(policy=policy, optim=AdamOptimizerFactory(lr=1e-3), clip_epsilon=0.2,
-                    annealing_updates=4)
+    algorithm = PPO(
+        policy=policy, optim=AdamOptimizerFactory(lr=1e-3), clip_epsilon=0.2, annealing_updates=4
+    )
     buffer = rollout_for(policy)
     rates = [run_update(algorithm, buffer, batch_size=512, repeat=1) for _ in range(5)]
     assert [s.learning_rate for s in rates] == pytest.approx([1e-3, 7.5e-4, 5e-4, 2.5e-4, 0.0])
@@ -106,7 +120,9 @@ def test_minibatches_are_whole_segments_and_epochs_repeat():
     algorithm = PPO(policy=policy, optim=AdamOptimizerFactory(lr=1e-4))
     buffer = rollout_for(policy, steps=512)
     stats = run_update(algorithm, buffer, batch_size=256, repeat=3)
-    rows, row_length = segments_from_buffer(buffer[:], buffer, buffer.sample_indices(0), "cpu").mask.shape
+    rows, row_length = segments_from_buffer(
+        buffer[:], buffer, buffer.sample_indices(0), "cpu"
+    ).mask.shape
     rows_per_minibatch = -(-256 // row_length)
     assert stats.gradient_steps == 3 * -(-rows // rows_per_minibatch)
     assert np.isfinite([stats.loss, stats.value_loss, stats.entropy]).all()
@@ -115,13 +131,20 @@ def test_minibatches_are_whole_segments_and_epochs_repeat():
 def test_continuous_actions_update_on_pendulum():
     torch.manual_seed(0)
     env = make_vector_env("Pendulum-v1", 2)
-    policy = MLPActorCriticPolicy(observation_space=env.single_observation_space,
-                                  action_space=env.single_action_space, initial_log_std=-0.5)
+    policy = MLPActorCriticPolicy(
+        observation_space=env.single_observation_space,
+        action_space=env.single_action_space,
+        initial_log_std=-0.5,
+    )
     algorithm = PPO(policy=policy, optim=AdamOptimizerFactory(lr=1e-3))
     before = policy.log_std.detach().clone()
-    stats = run_update(algorithm, rollout_for(policy, "Pendulum-v1", steps=400), batch_size=200, repeat=2)
+    stats = run_update(
+        algorithm, rollout_for(policy, "Pendulum-v1", steps=400), batch_size=200, repeat=2
+    )
     assert np.isfinite(stats.loss)
-    assert stats.entropy == pytest.approx(float(0.5 * (1 + np.log(2 * np.pi)) + before.sum()), abs=0.05)
+    assert stats.entropy == pytest.approx(
+        float(0.5 * (1 + np.log(2 * np.pi)) + before.sum()), abs=0.05
+    )
     assert not torch.equal(before, policy.log_std.detach())
 
 
@@ -130,7 +153,9 @@ def test_gaussian_and_categorical_scores_match_torch_distributions():
     observations = torch.randn(3, 5, 4)
     actions = torch.randint(0, 2, (3, 5))
     zeros = torch.zeros(3, 5)
-    segments = Segments(observations, observations, actions, zeros, zeros.bool(), zeros.bool(), zeros + 1)
+    segments = Segments(
+        observations, observations, actions, zeros, zeros.bool(), zeros.bool(), zeros + 1
+    )
     evaluation = policy.evaluate_segments(segments)
     reference = torch.distributions.Categorical(logits=policy.networks.policy_output(observations))
     torch.testing.assert_close(evaluation.log_probs, reference.log_prob(actions))
@@ -145,8 +170,9 @@ def test_gaussian_and_categorical_scores_match_torch_distributions():
 
 def test_a_seed_fixes_a_training_run_on_cpu():
     def train(seed: int) -> torch.Tensor:
-        config = dataclasses.replace(preset("CartPole-v1"), total_steps=1024, eval_every_steps=1024,
-                                     eval_episodes=2)
+        config = dataclasses.replace(
+            preset("CartPole-v1"), total_steps=1024, eval_every_steps=1024, eval_episodes=2
+        )
         training = build_training(config, seed=seed, show_progress=False)
         training.algorithm.run_training(training.trainer_params)
         return torch.cat([p.detach().flatten() for p in training.algorithm.policy.parameters()])

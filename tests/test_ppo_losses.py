@@ -21,8 +21,9 @@ def test_ratio_one_gives_minus_the_mean_advantage(log_probs, advantages):
     mask = torch.ones(3, 4, dtype=torch.float64)
     mask[2, 3] = 0.0
     t_log_probs = torch.tensor(log_probs)
-    loss, metrics = clipped_surrogate_loss(t_log_probs, t_log_probs.clone(), torch.tensor(advantages),
-                                           mask, clip_epsilon=0.2)
+    loss, metrics = clipped_surrogate_loss(
+        t_log_probs, t_log_probs.clone(), torch.tensor(advantages), mask, clip_epsilon=0.2
+    )
     expected = -(advantages * mask.numpy()).sum() / mask.sum().item()
     np.testing.assert_allclose(loss.item(), expected, rtol=1e-10, atol=1e-12)
     assert metrics["policy/clipfrac"].item() == 0.0
@@ -32,18 +33,22 @@ def test_ratio_one_gives_minus_the_mean_advantage(log_probs, advantages):
 @pytest.mark.parametrize(
     ("log_ratio", "advantage", "gradient_flows"),
     [
-        (np.log(1.5), 1.0, False),   # ratio above 1+eps with A > 0: clipped, no gradient
+        (np.log(1.5), 1.0, False),  # ratio above 1+eps with A > 0: clipped, no gradient
         (np.log(0.5), -1.0, False),  # ratio below 1-eps with A < 0: clipped, no gradient
-        (np.log(1.5), -1.0, True),   # ratio above 1+eps with A < 0: pessimistic term unclipped
-        (np.log(0.5), 1.0, True),    # ratio below 1-eps with A > 0: unclipped
-        (np.log(1.1), 1.0, True),    # inside the range
+        (np.log(1.5), -1.0, True),  # ratio above 1+eps with A < 0: pessimistic term unclipped
+        (np.log(0.5), 1.0, True),  # ratio below 1-eps with A > 0: unclipped
+        (np.log(1.1), 1.0, True),  # inside the range
     ],
 )
 def test_clipping_stops_the_gradient_outside_the_range(log_ratio, advantage, gradient_flows):
     log_probs = torch.tensor([[log_ratio]], dtype=torch.float64, requires_grad=True)
-    loss, _ = clipped_surrogate_loss(log_probs, torch.zeros(1, 1, dtype=torch.float64),
-                                     torch.tensor([[advantage]], dtype=torch.float64),
-                                     torch.ones(1, 1, dtype=torch.float64), clip_epsilon=0.2)
+    loss, _ = clipped_surrogate_loss(
+        log_probs,
+        torch.zeros(1, 1, dtype=torch.float64),
+        torch.tensor([[advantage]], dtype=torch.float64),
+        torch.ones(1, 1, dtype=torch.float64),
+        clip_epsilon=0.2,
+    )
     loss.backward()
     assert (log_probs.grad.abs().item() > 0) == gradient_flows
 
@@ -52,9 +57,12 @@ def test_dual_clip_floors_the_objective_of_negative_advantages():
     log_probs = torch.tensor([[np.log(10.0)]], dtype=torch.float64, requires_grad=True)
     advantage = torch.tensor([[-1.0]], dtype=torch.float64)
     mask = torch.ones(1, 1, dtype=torch.float64)
-    plain, _ = clipped_surrogate_loss(log_probs, torch.zeros(1, 1, dtype=torch.float64), advantage, mask, 0.2)
-    dual, _ = clipped_surrogate_loss(log_probs, torch.zeros(1, 1, dtype=torch.float64), advantage, mask, 0.2,
-                                     dual_clip=3.0)
+    plain, _ = clipped_surrogate_loss(
+        log_probs, torch.zeros(1, 1, dtype=torch.float64), advantage, mask, 0.2
+    )
+    dual, _ = clipped_surrogate_loss(
+        log_probs, torch.zeros(1, 1, dtype=torch.float64), advantage, mask, 0.2, dual_clip=3.0
+    )
     assert plain.item() == pytest.approx(10.0)  # -min(10 * -1, 1.2 * -1)
     assert dual.item() == pytest.approx(3.0)  # floored at c * A = -3
     with pytest.raises(ValueError, match="dual_clip"):

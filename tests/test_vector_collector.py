@@ -17,8 +17,9 @@ from envs import make_vector_env
 def make_collector(env_id: str, num_envs: int, seed: int = 0) -> VectorEnvCollector:
     torch.manual_seed(seed)
     env = make_vector_env(env_id, num_envs)
-    policy = MLPActorCriticPolicy(observation_space=env.single_observation_space,
-                                  action_space=env.single_action_space)
+    policy = MLPActorCriticPolicy(
+        observation_space=env.single_observation_space, action_space=env.single_action_space
+    )
     collector = VectorEnvCollector(policy, env, SegmentBuffer(10_000), seed=seed)
     collector.reset()
     return collector
@@ -54,7 +55,9 @@ def test_episode_statistics_span_collect_calls():
     lengths = []
     for _ in range(10):
         lengths.extend(collect(collector, n_step=20).lens.tolist())
-    assert lengths and all(length >= 8 for length in lengths)  # no episode is cut at a collect boundary
+    assert lengths and all(
+        length >= 8 for length in lengths
+    )  # no episode is cut at a collect boundary
 
 
 def test_n_episode_collects_whole_episodes_spread_over_rows():
@@ -94,12 +97,19 @@ def test_a_seed_fixes_the_collected_data():
 
 def test_wrong_env_and_buffer_types_are_explained():
     env = gym.make("CartPole-v1")
-    policy = MLPActorCriticPolicy(observation_space=env.observation_space, action_space=env.action_space)
+    policy = MLPActorCriticPolicy(
+        observation_space=env.observation_space, action_space=env.action_space
+    )
     with pytest.raises(TypeError, match="gymnasium.make_vec"):
         VectorEnvCollector(policy, env)
     too_long = 20_000
-    rows = Batch(obs=np.zeros((1, too_long, 4)), obs_next=np.zeros((1, too_long, 4)),
-                 act=np.zeros((1, too_long)), rew=np.zeros((1, too_long)),
-                 terminated=np.zeros((1, too_long), bool), truncated=np.zeros((1, too_long), bool))
+    rows = Batch(
+        obs=np.zeros((1, too_long, 4)),
+        obs_next=np.zeros((1, too_long, 4)),
+        act=np.zeros((1, too_long)),
+        rew=np.zeros((1, too_long)),
+        terminated=np.zeros((1, too_long), bool),
+        truncated=np.zeros((1, too_long), bool),
+    )
     with pytest.raises(ValueError, match="cannot take"):
         SegmentBuffer(10_000).add_rows(rows, np.array([too_long]))

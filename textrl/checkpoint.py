@@ -13,7 +13,9 @@ import torch
 def save_atomically(state: Any, path: Path) -> None:
     """``torch.save`` to a temporary file in ``path``'s directory, then rename over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    file_descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    file_descriptor, temporary = tempfile.mkstemp(
+        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
+    )
     try:
         with os.fdopen(file_descriptor, "wb") as handle:
             torch.save(state, handle)

@@ -6,7 +6,8 @@ Advantage Estimation", arXiv:1506.02438.
 For step ``t`` of a row::
 
     delta_t = r_t + gamma * (1 - terminated_t) * V(s'_t) - V(s_t)
-    A_t     = delta_t + gamma * lambda * (1 - done_t) * A_{t+1},  done_t = terminated_t or truncated_t
+    A_t     = delta_t + gamma * lambda * (1 - done_t) * A_{t+1}
+    done_t  = terminated_t or truncated_t
 
 ``V(s'_t)`` is the value of the observation that step ``t`` produced
 (``next_values``), so the two ways an episode ends are kept apart: a
