@@ -23,7 +23,7 @@ from agents.segment_policy import SegmentPolicy
 from agents.segments import Segments, segments_from_buffer
 from textrl.gae import masked_gae
 from textrl.masked import masked_mean, masked_whiten
-from textrl.ppo_losses import clipped_surrogate_loss, clipped_value_loss
+from textrl.ppo_losses import clipped_surrogate_loss, clipped_value_loss, explained_variance
 
 
 @dataclass(frozen=True)
@@ -232,7 +232,12 @@ class PPO(OnPolicyAlgorithm[Policy]):
                 break
             epochs_completed += 1
         self.num_updates += 1
-        return self._training_stats(metrics, fraction, clip_epsilon, epochs_completed)
+        rollout_explained_variance = explained_variance(
+            batch.old_values, batch.returns, batch.segments.mask
+        ).item()
+        return self._training_stats(
+            metrics, fraction, clip_epsilon, epochs_completed, rollout_explained_variance
+        )
 
     def _training_stats(
         self,
@@ -240,6 +245,7 @@ class PPO(OnPolicyAlgorithm[Policy]):
         fraction: float,
         clip_epsilon: float,
         epochs_completed: int,
+        rollout_explained_variance: float,
     ) -> PPOTrainingStats:
         if metrics:
             means = {
@@ -255,7 +261,6 @@ class PPO(OnPolicyAlgorithm[Policy]):
                     "policy/entropy",
                     "policy/approxkl",
                     "policy/clipfrac",
-                    "value/explained_variance",
                 )
             }
         return PPOTrainingStats(
@@ -265,7 +270,7 @@ class PPO(OnPolicyAlgorithm[Policy]):
             entropy=means["policy/entropy"],
             approx_kl=means["policy/approxkl"],
             clip_fraction=means["policy/clipfrac"],
-            explained_variance=means["value/explained_variance"],
+            explained_variance=rollout_explained_variance,
             learning_rate=self._initial_learning_rates[0] * fraction,
             clip_epsilon=clip_epsilon,
             gradient_steps=len(metrics),

@@ -17,6 +17,7 @@ import json
 import time
 from pathlib import Path
 
+import gymnasium as gym
 import torch
 from tianshou.algorithm.algorithm_base import policy_within_training_step
 
@@ -50,10 +51,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="where to save the trained algorithm (checkpoints/<env>-seed<k>.pt)",
     )
     parser.add_argument(
-        "--eval-episodes", type=int, default=20, help="episodes of the final evaluation"
+        "--eval-episodes", type=int, default=20, help="episodes per deterministic evaluation"
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.env_id not in gym.registry:
+        parser.error(f"unknown --env-id {args.env_id!r}: not a registered Gymnasium id")
+    return args
 
 
 def main(args: argparse.Namespace) -> dict[str, object]:
@@ -64,7 +68,10 @@ def main(args: argparse.Namespace) -> dict[str, object]:
     log_dir = args.log_dir or Path("runs") / run_name
     checkpoint = args.checkpoint or Path("checkpoints") / f"{run_name}.pt"
     config = with_overrides(
-        preset(args.env_id), total_steps=args.total_steps, num_envs=args.num_envs
+        preset(args.env_id),
+        total_steps=args.total_steps,
+        num_envs=args.num_envs,
+        eval_episodes=args.eval_episodes,
     )
     training = build_training(
         config,

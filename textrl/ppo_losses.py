@@ -67,12 +67,7 @@ def clipped_value_loss(
         clipped_values = old_values + torch.clamp(values - old_values, -clip_epsilon, clip_epsilon)
         squared_error = torch.max(squared_error, (clipped_values - returns) ** 2)
     loss = masked_mean(squared_error, mask)
-    with torch.no_grad():
-        metrics = {
-            "value/loss": loss.detach(),
-            "value/explained_variance": explained_variance(old_values, returns, mask),
-        }
-    return loss, metrics
+    return loss, {"value/loss": loss.detach()}
 
 
 def explained_variance(
