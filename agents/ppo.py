@@ -19,8 +19,9 @@ from tianshou.algorithm.algorithm_base import OnPolicyAlgorithm, Policy, Trainin
 from tianshou.algorithm.optim import OptimizerFactory
 from tianshou.data import Batch, ReplayBuffer
 
+from agents.row_batch import RowBatch
 from agents.segment_policy import SegmentPolicy
-from agents.segments import Segments, segments_from_buffer
+from agents.segments import segments_from_buffer
 from textrl.gae import masked_gae
 from textrl.masked import masked_mean, masked_whiten
 from textrl.ppo_losses import clipped_surrogate_loss, clipped_value_loss, explained_variance
@@ -30,7 +31,7 @@ from textrl.ppo_losses import clipped_surrogate_loss, clipped_value_loss, explai
 class PPORollout:
     """Segments plus what the update needs from the policy that collected them."""
 
-    segments: Segments
+    segments: RowBatch
     old_log_probs: torch.Tensor
     """``log pi_old(a_t | s_t)``, ``(B, T)``."""
     old_values: torch.Tensor
@@ -156,7 +157,11 @@ class PPO(OnPolicyAlgorithm[Policy]):
         segments = segments_from_buffer(batch, buffer, indices, self._device)
         with torch.no_grad():
             evaluation = self.policy.evaluate_segments(segments)
-            next_values = self.policy.bootstrap_values(segments)
+            next_values = (
+                evaluation.next_values
+                if evaluation.next_values is not None
+                else self.policy.bootstrap_values(segments)
+            )
         advantages, returns = masked_gae(
             segments.rewards,
             evaluation.values,

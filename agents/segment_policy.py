@@ -7,7 +7,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from agents.segments import Segments
+from agents.row_batch import RowBatch
 
 
 @dataclass(frozen=True)
@@ -20,16 +20,19 @@ class SegmentEvaluation:
     """``H(pi(. | s_t))``."""
     values: torch.Tensor
     """``V(s_t)``."""
+    next_values: torch.Tensor | None = None
+    """``V(s'_t)`` when the same pass yields it (a sequence model reads it one position
+    later); None when the policy computes it separately in ``bootstrap_values``."""
 
 
 @runtime_checkable
 class SegmentPolicy(Protocol):
     """A policy that evaluates ``[batch, time]`` segments (an MLP, a causal LM)."""
 
-    def evaluate_segments(self, segments: Segments) -> SegmentEvaluation:
+    def evaluate_segments(self, segments: RowBatch) -> SegmentEvaluation:
         """Log-prob, entropy and value of every step, with gradients."""
         ...
 
-    def bootstrap_values(self, segments: Segments) -> torch.Tensor:
+    def bootstrap_values(self, segments: RowBatch) -> torch.Tensor:
         """``V(s'_t)`` for every step, ``(B, T)``: what a truncated step bootstraps from."""
         ...

