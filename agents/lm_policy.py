@@ -39,7 +39,7 @@ class LMActorCriticPolicy(Policy):
         observation_space: spaces.Dict,
         action_space: spaces.Discrete,
         max_prompt_tokens: int,
-        sampling: SamplingConfig = SamplingConfig(),
+        sampling: SamplingConfig | None = None,
         critic_model: PreTrainedModel | None = None,
         deterministic_eval: bool = True,
     ) -> None:
@@ -66,7 +66,7 @@ class LMActorCriticPolicy(Policy):
         nn.init.zeros_(self.value_head.weight)
         nn.init.zeros_(self.value_head.bias)
         self.max_prompt_tokens = max_prompt_tokens
-        self.sampling = sampling
+        self.sampling = sampling or SamplingConfig()
         self.deterministic_eval = deterministic_eval
         self._decoder = IncrementalDecoder(model, output_hidden_states=critic_model is None)
         self._seen_ids: np.ndarray | None = None

@@ -28,7 +28,7 @@ def positional_accuracy(
     scores = []
     for prompt, response in zip(prompts, responses, strict=True):
         expected = target(prompt)
-        matches = sum(a == b for a, b in zip(expected, response))
+        matches = sum(a == b for a, b in zip(expected, response, strict=False))
         scores.append(matches / max(len(expected), len(response), 1))
     return scores
 
