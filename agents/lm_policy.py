@@ -66,6 +66,7 @@ class LMActorCriticPolicy(Policy):
         nn.init.zeros_(self.value_head.weight)
         nn.init.zeros_(self.value_head.bias)
         self.max_prompt_tokens = max_prompt_tokens
+        self.eos_token_id = model.config.eos_token_id
         self.sampling = sampling or SamplingConfig()
         self.deterministic_eval = deterministic_eval
         self._decoder = IncrementalDecoder(model, output_hidden_states=critic_model is None)
@@ -112,7 +113,9 @@ class LMActorCriticPolicy(Policy):
         self._seen_ids, self._seen_mask = ids, mask
         greedy = self.deterministic_eval and not self.is_within_training_step
         with torch.no_grad():
-            tokens, log_probs = sample_next_tokens(logits, self.sampling, greedy=greedy)
+            tokens, log_probs = sample_next_tokens(
+                logits, self.sampling, greedy=greedy, banned=self._banned_tokens(mask, logits)
+            )
             values = (
                 self.value_head(self._decoder.last_hidden.to(self.value_head.weight.dtype)).squeeze(
                     -1
@@ -124,6 +127,15 @@ class LMActorCriticPolicy(Policy):
             act=tokens.cpu().numpy(),
             policy=Batch(log_prob=log_probs.cpu().numpy(), value=values.float().cpu().numpy()),
         )
+
+    def _banned_tokens(self, mask: np.ndarray, logits: torch.Tensor) -> torch.Tensor | None:
+        """EOS for rows shorter than ``min_new_tokens``, else nothing."""
+        if self.sampling.min_new_tokens == 0:
+            return None
+        too_short = mask[:, self.max_prompt_tokens :].sum(1) < self.sampling.min_new_tokens
+        banned = torch.zeros_like(logits, dtype=torch.bool)
+        banned[torch.as_tensor(too_short, device=self.device), self.eos_token_id] = True
+        return banned
 
     def _hidden_and_logits(
         self, model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, with_logits: bool

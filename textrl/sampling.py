@@ -25,6 +25,9 @@ class SamplingConfig:
     """Keep only the k most likely tokens, or None."""
     top_p: float | None = None
     """Keep the smallest set of tokens whose probability reaches p, or None."""
+    min_new_tokens: int = 0
+    """EOS cannot be drawn before this many tokens (HF ``min_new_tokens``); a filter like
+    top-k, so reported log-probs stay those of the unfiltered distribution."""
 
     def __post_init__(self) -> None:
         if self.temperature < 0:
@@ -56,14 +59,23 @@ def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) 
 
 
 def sample_next_tokens(
-    logits: torch.Tensor, config: SamplingConfig, greedy: bool = False
+    logits: torch.Tensor,
+    config: SamplingConfig,
+    greedy: bool = False,
+    banned: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Draw one token per row; returns ``(tokens (B,), log_probs (B,))``."""
+    """Draw one token per row; returns ``(tokens (B,), log_probs (B,))``.
+
+    ``banned`` (``(B, V)`` bool) marks tokens that may not be drawn (EOS before
+    ``min_new_tokens``); like top-k/top-p it filters, it does not renormalise the
+    log-probability reported.
+    """
     log_probs = scaled_log_probs(logits, config.temperature)  # (B, V)
+    candidates = log_probs if banned is None else log_probs.masked_fill(banned, float("-inf"))
     if greedy or config.temperature == 0:
-        tokens = log_probs.argmax(-1)
+        tokens = candidates.argmax(-1)
     else:
-        filtered = filter_logits(log_probs, config.top_k, config.top_p)
+        filtered = filter_logits(candidates, config.top_k, config.top_p)
         gumbel = -torch.empty_like(filtered).exponential_().log()
         tokens = (filtered + gumbel).argmax(-1)
     return tokens, log_probs.gather(-1, tokens[:, None]).squeeze(-1)
