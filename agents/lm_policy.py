@@ -69,6 +69,7 @@ class LMActorCriticPolicy(Policy):
         self.eos_token_id = model.config.eos_token_id
         self.sampling = sampling or SamplingConfig()
         self.deterministic_eval = deterministic_eval
+        self.scores_steps_independently = False
         self._decoder = IncrementalDecoder(model, output_hidden_states=critic_model is None)
         self._seen_ids: np.ndarray | None = None
         self._seen_mask: np.ndarray | None = None

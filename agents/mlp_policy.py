@@ -130,6 +130,7 @@ class MLPActorCriticPolicy(Policy):
             None if is_discrete else nn.Parameter(torch.full((action_dim,), initial_log_std))
         )
         self.deterministic_eval = deterministic_eval
+        self.scores_steps_independently = True
 
     @staticmethod
     def _compile() -> None:

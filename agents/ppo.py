@@ -41,6 +41,16 @@ class PPORollout:
     returns: torch.Tensor
     """Value targets ``A_t + V_old(s_t)``, ``(B, T)``."""
 
+    def as_single_steps(self) -> PPORollout:
+        valid = self.segments.mask.bool()
+        return PPORollout(
+            segments=self.segments.as_single_steps(),
+            **{
+                name: getattr(self, name)[valid].unsqueeze(1)
+                for name in ("old_log_probs", "old_values", "advantages", "returns")
+            },
+        )
+
     def select(self, rows: torch.Tensor) -> PPORollout:
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         return PPORollout(
@@ -72,9 +82,9 @@ class PPO(OnPolicyAlgorithm[Policy]):
     """Proximal Policy Optimization on trajectory segments. arXiv:1707.06347.
 
     Learns from Tianshou's ``OnPolicyTrainer`` (whole buffer per update). The
-    trainer's ``batch_size`` counts transitions per minibatch and is rounded up
-    to whole segments; its ``update_step_num_repetitions`` is the number of
-    epochs over the rollout.
+    trainer's ``batch_size`` counts transitions per minibatch (rounded up to whole
+    segments for a sequence policy); its ``update_step_num_repetitions`` is the
+    number of epochs over the rollout.
     """
 
     def __init__(
@@ -189,6 +199,8 @@ class PPO(OnPolicyAlgorithm[Policy]):
             self._torch_optimizer.param_groups, self._initial_learning_rates, strict=True
         ):
             group["lr"] = initial * fraction
+        if self.policy.scores_steps_independently:
+            batch = batch.as_single_steps()
         num_rows, row_length = batch.segments.mask.shape
         rows_per_minibatch = num_rows if batch_size is None else math.ceil(batch_size / row_length)
         metrics: list[dict[str, torch.Tensor]] = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import torch
 
@@ -25,6 +26,14 @@ class RowBatch:
 
     def select(self, rows: torch.Tensor) -> RowBatch:
         """The sub-batch of the given row indices."""
+        return self._mapped(lambda value: value[rows])
+
+    def as_single_steps(self) -> RowBatch:
+        """Every valid step as its own row of length 1 (for policies that score steps alone)."""
+        valid = self.mask.bool()
+        return self._mapped(lambda value: value[valid].unsqueeze(1))
+
+    def _mapped(self, transform: Callable[[torch.Tensor], torch.Tensor]) -> RowBatch:
         assert dataclasses.is_dataclass(self)
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        return type(self)(**{name: value[rows] for name, value in fields.items()})
+        return type(self)(**{name: transform(value) for name, value in fields.items()})

@@ -29,6 +29,11 @@ class SegmentEvaluation:
 class SegmentPolicy(Protocol):
     """A policy that evaluates ``[batch, time]`` segments (an MLP, a causal LM)."""
 
+    scores_steps_independently: bool
+    """True when step t's outputs depend on s_t alone (an MLP): PPO then shuffles single
+    transitions into minibatches, as SB3 and CleanRL do. False for a sequence model (a
+    causal LM), which must see whole rows."""
+
     def evaluate_segments(self, segments: RowBatch) -> SegmentEvaluation:
         """Log-prob, entropy and value of every step, with gradients."""
         ...
