@@ -42,6 +42,7 @@ class LMActorCriticPolicy(Policy):
         sampling: SamplingConfig | None = None,
         critic_model: PreTrainedModel | None = None,
         deterministic_eval: bool = True,
+        eos_token_id: int | None = None,
     ) -> None:
         """
         :param model: the policy LM (any HF causal LM).
@@ -52,6 +53,7 @@ class LMActorCriticPolicy(Policy):
         :param critic_model: a separate value backbone (e.g. initialised from a reward model);
             None shares the policy's backbone.
         :param deterministic_eval: greedy decoding outside training steps.
+        :param eos_token_id: the env's EOS (its tokenizer's); by default the model config's.
         """
         super().__init__(
             action_space=action_space,
@@ -66,7 +68,12 @@ class LMActorCriticPolicy(Policy):
         nn.init.zeros_(self.value_head.weight)
         nn.init.zeros_(self.value_head.bias)
         self.max_prompt_tokens = max_prompt_tokens
-        self.eos_token_id = model.config.eos_token_id
+        self.eos_token_id = eos_token_id if eos_token_id is not None else model.config.eos_token_id
+        if not isinstance(self.eos_token_id, int):
+            raise ValueError(
+                f"the model config's eos_token_id is {self.eos_token_id!r}; pass eos_token_id= "
+                "(the environment tokenizer's eos_token_id)"
+            )
         self.sampling = sampling or SamplingConfig()
         self.deterministic_eval = deterministic_eval
         self.scores_steps_independently = False

@@ -40,21 +40,13 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from textrl.chat import format_prompt
 from textrl.decoding import IncrementalDecoder
 from textrl.prompts import PromptSource
 from textrl.sampling import scaled_log_probs
 
 RewardFunction = Callable[[Sequence[str], Sequence[str]], Sequence[float]]
 """Scores a batch: ``reward_fn(prompts, responses) -> one float per pair``."""
-
-
-def format_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, use_chat_template: bool) -> str:
-    """The text the model continues: the chat template's user turn, or prompt + separator."""
-    if use_chat_template and tokenizer.chat_template:
-        return tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
-        )
-    return prompt + (tokenizer.sep_token or "")
 
 
 def text_observation_space(vocab_size: int, window: int) -> spaces.Dict:

@@ -7,9 +7,11 @@ that says what is wrong and where (``data.jsonl:17: field "chosen" is missing``)
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
+
+from textrl.checkpoint import write_atomically
 
 
 class DataFormatError(ValueError):
@@ -17,14 +19,19 @@ class DataFormatError(ValueError):
 
 
 def read_jsonl(
-    path: str | Path, fields: Mapping[str, type | tuple[type, ...]]
+    path: str | Path,
+    fields: Mapping[str, type | tuple[type, ...]],
+    choices: Mapping[str, Collection[Any]] | None = None,
 ) -> list[dict[str, Any]]:
-    """All records of ``path``, each checked to have ``fields`` with the given types."""
-    return list(iter_jsonl(path, fields))
+    """All records of ``path``, each checked to have ``fields`` with the given types
+    and, for the fields in ``choices``, one of the allowed values."""
+    return list(iter_jsonl(path, fields, choices))
 
 
 def iter_jsonl(
-    path: str | Path, fields: Mapping[str, type | tuple[type, ...]]
+    path: str | Path,
+    fields: Mapping[str, type | tuple[type, ...]],
+    choices: Mapping[str, Collection[Any]] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Yield validated records of ``path`` one line at a time (blank lines are allowed)."""
     path = Path(path)
@@ -65,7 +72,19 @@ def iter_jsonl(
                         f'{where}: field "{name}" should be {expected_names}, '
                         f"got {type(record[name]).__name__}"
                     )
+            for name, allowed in (choices or {}).items():
+                if record[name] not in allowed:
+                    raise DataFormatError(
+                        f'{where}: field "{name}" has unknown value {record[name]!r}; '
+                        f"expected one of {sorted(allowed)}"
+                    )
             records += 1
             yield record
     if records == 0:
         raise DataFormatError(f"{path}: the file holds no records")
+
+
+def write_jsonl_atomically(path: str | Path, records: Iterable[Mapping[str, Any]]) -> None:
+    """Write ``records``, one JSON object per line, atomically (see ``textrl.checkpoint``)."""
+    lines = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
+    write_atomically(Path(path), lambda handle: handle.write(lines.encode("utf-8")))

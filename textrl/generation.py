@@ -1,0 +1,66 @@
+"""Batched, KV-cached sampling of whole responses (for data collection and evaluation).
+
+The same decoding path as the RL policy (``IncrementalDecoder`` +
+``sample_next_tokens``), minus the environment: used where only the text is
+needed, such as sampling preference pairs or scoring a checkpoint with the gold
+judges. Prompts are sorted by length so each batch carries little padding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from tqdm import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from textrl.chat import format_prompt
+from textrl.decoding import IncrementalDecoder
+from textrl.sampling import SamplingConfig, sample_next_tokens
+
+
+@torch.no_grad()
+def generate_responses(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    sampling: SamplingConfig,
+    max_new_tokens: int,
+    batch_size: int = 64,
+    use_chat_template: bool = True,
+    progress: bool = False,
+) -> list[str]:
+    """One sampled response per prompt (special tokens stripped), in the prompts' order."""
+    device = next(model.parameters()).device
+    texts = [format_prompt(tokenizer, prompt, use_chat_template) for prompt in prompts]
+    encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
+    responses: list[str] = [""] * len(prompts)
+    decoder = IncrementalDecoder(model)
+    eos = tokenizer.eos_token_id
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    for batch in tqdm(batches, desc="sampling", disable=not progress, leave=False):
+        width = max(len(encoded[i]) for i in batch)
+        ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, index in enumerate(batch):
+            ids[row, width - len(encoded[index]) :] = torch.tensor(encoded[index])
+            mask[row, width - len(encoded[index]) :] = 1
+        logits = decoder.prefill(ids.to(device), mask.to(device))
+        running = torch.ones(len(batch), dtype=torch.bool, device=device)
+        generated = []
+        for _ in range(max_new_tokens):
+            tokens, _ = sample_next_tokens(logits, sampling)
+            tokens = torch.where(running, tokens, torch.full_like(tokens, tokenizer.pad_token_id))
+            generated.append(tokens)
+            running = running & (tokens != eos)
+            if not running.any():
+                break
+            logits = decoder.advance(tokens, running)
+        columns = torch.stack(generated, dim=1).cpu()  # (batch, steps)
+        for row, index in enumerate(batch):
+            row_tokens = columns[row].tolist()
+            if eos in row_tokens:
+                row_tokens = row_tokens[: row_tokens.index(eos)]
+            responses[index] = tokenizer.decode(row_tokens, skip_special_tokens=True)
+    return responses

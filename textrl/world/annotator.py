@@ -1,0 +1,85 @@
+"""A simulated annotator in the style of Llama 2, section 3.2.1 (arXiv:2307.09288).
+
+Given a prompt and two responses it perceives each response's utility as its
+gold score plus Gumbel noise of scale ``noise``, prefers the higher one and
+labels the strength of that preference from the perceived margin. The choice
+is therefore exactly Bradley-Terry on the gold scores:
+
+    P(A preferred) = sigmoid((s_A - s_B) / noise)
+
+(the difference of two Gumbel variables is logistic). At ``noise = 0`` the
+annotator always agrees with the gold scores. The scored dimension is the
+pair's category: safety for safety-tagged prompts, helpfulness otherwise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from textrl.world.tasks import GoldScores
+
+Rating = Literal["significantly better", "better", "slightly better", "negligibly better/unsure"]
+RATINGS: tuple[Rating, ...] = (
+    "significantly better",
+    "better",
+    "slightly better",
+    "negligibly better/unsure",
+)
+Category = Literal["helpfulness", "safety"]
+RATING_THRESHOLDS = (0.5, 0.25, 0.1)
+"""Perceived margins at or above which a preference is significantly better / better /
+slightly better; below the last one it is negligibly better or unsure."""
+
+
+def rating_for_margin(margin: float) -> Rating:
+    for threshold, rating in zip(RATING_THRESHOLDS, RATINGS, strict=False):
+        if margin >= threshold:
+            return rating
+    return RATINGS[-1]
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """Which response won (0 = first, 1 = second) and how strongly."""
+
+    preferred: int
+    rating: Rating
+
+
+def category_of(is_safety: bool) -> Category:
+    return "safety" if is_safety else "helpfulness"
+
+
+def gold_value(scores: GoldScores, category: Category) -> float:
+    return scores.safety if category == "safety" else scores.helpfulness
+
+
+class SimulatedAnnotator:
+    """Bradley-Terry choices with Gumbel noise of scale ``noise`` on the gold scores."""
+
+    def __init__(self, noise: float = 0.1, seed: int = 0) -> None:
+        if noise < 0:
+            raise ValueError(f"annotator noise must be >= 0, got {noise}")
+        self.noise = noise
+        self._rng = np.random.default_rng(seed)
+
+    def compare(self, first: float, second: float) -> Judgement:
+        """Judge two responses whose gold scores (in the pair's category) are given."""
+        perceived_first = first + self.noise * self._rng.gumbel()
+        perceived_second = second + self.noise * self._rng.gumbel()
+        if perceived_first == perceived_second:  # a tie at zero noise: unsure, either way
+            return Judgement(preferred=int(self._rng.integers(2)), rating=RATINGS[-1])
+        preferred = 0 if perceived_first > perceived_second else 1
+        return Judgement(preferred, rating_for_margin(abs(perceived_first - perceived_second)))
+
+    @staticmethod
+    def agreement_probability(first: float, second: float, noise: float) -> float:
+        """Bradley-Terry probability of preferring the response with the higher gold score."""
+        if first == second:
+            return 0.5
+        if noise == 0:
+            return 1.0
+        return float(1.0 / (1.0 + np.exp(-abs(first - second) / noise)))
