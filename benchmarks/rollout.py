@@ -44,7 +44,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from agents.lm_policy import LMActorCriticPolicy
 from agents.text_collector import TextCollector
-from envs.text_generation import TextGenerationVectorEnv, format_prompt
+from envs.text_generation import TextGenerationVectorEnv
+from textrl.chat import format_prompt
 from textrl.models import load_causal_lm, tiny_llama
 from textrl.prompts import PromptSource
 from textrl.sampling import SamplingConfig
@@ -193,6 +194,7 @@ class EnvRollout:
             action_space=env.single_action_space,
             max_prompt_tokens=workload.prompt_ids.shape[1],
             sampling=SamplingConfig(temperature=1.0, min_new_tokens=workload.new_tokens),
+            eos_token_id=workload.tokenizer.eos_token_id,
         )
         self.collector = TextCollector(self.policy, env, seed=0)
         self.batch = batch
