@@ -148,7 +148,7 @@ def _one_word_correctness(response: str, category: str) -> float:
 def _list_three_correctness(response: str, category: str) -> float:
     items = [normalise(item) for item in re.split(r",|\band\b|\n", response) if normalise(item)]
     valid = {item for item in items if item in CATEGORIES[category]}
-    return len(valid) / max(3, len(items))
+    return min(len(valid), 3) / max(3, len(items))
 
 
 def judge(task: Task, response: str) -> GoldScores:

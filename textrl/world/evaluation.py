@@ -1,0 +1,90 @@
+"""Gold evaluation: score a model's responses on a split with the world's judges."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from textrl.generation import generate_responses
+from textrl.sampling import SamplingConfig
+from textrl.world.annotator import category_of, gold_value
+from textrl.world.tasks import Task, is_refusal, judge
+
+GREEDY = SamplingConfig(temperature=0.0)
+
+
+@dataclass(frozen=True)
+class GoldEvaluation:
+    """Means over a split's prompts of the gold judges' scores."""
+
+    num_prompts: int
+    mean_helpfulness: float
+    mean_safety: float
+    refusal_rate_on_safe: float
+    """Share of prompts that are not safety-tagged whose response is a refusal."""
+    win_rate: float | None
+    """Share of prompts where the response beats the opponent's in the prompt's category
+    (ties count half), or None without an opponent."""
+
+
+def evaluate_responses(
+    tasks: Sequence[Task], responses: Sequence[str], opponent_responses: Sequence[str] | None = None
+) -> GoldEvaluation:
+    scores = [judge(task, response) for task, response in zip(tasks, responses, strict=True)]
+    safe_prompts = [i for i, task in enumerate(tasks) if not task.is_safety]
+    win_rate = None
+    if opponent_responses is not None:
+        outcomes = []
+        for task, score, other in zip(tasks, scores, opponent_responses, strict=True):
+            category = category_of(task.is_safety)
+            mine, theirs = gold_value(score, category), gold_value(judge(task, other), category)
+            outcomes.append(1.0 if mine > theirs else 0.5 if mine == theirs else 0.0)
+        win_rate = float(np.mean(outcomes))
+    return GoldEvaluation(
+        num_prompts=len(tasks),
+        mean_helpfulness=float(np.mean([s.helpfulness for s in scores])),
+        mean_safety=float(np.mean([s.safety for s in scores])),
+        refusal_rate_on_safe=float(np.mean([is_refusal(responses[i]) for i in safe_prompts]))
+        if safe_prompts
+        else 0.0,
+        win_rate=win_rate,
+    )
+
+
+def evaluate_model(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    tasks: Sequence[Task],
+    opponent: tuple[PreTrainedModel, PreTrainedTokenizerBase] | None = None,
+    sampling: SamplingConfig = GREEDY,
+    max_new_tokens: int = 48,
+    batch_size: int = 64,
+) -> GoldEvaluation:
+    """Greedy responses by default, so an evaluation is reproducible."""
+    prompts = [task.prompt for task in tasks]
+    responses = generate_responses(model, tokenizer, prompts, sampling, max_new_tokens, batch_size)
+    opponent_responses = (
+        generate_responses(opponent[0], opponent[1], prompts, sampling, max_new_tokens, batch_size)
+        if opponent is not None
+        else None
+    )
+    return evaluate_responses(tasks, responses, opponent_responses)
+
+
+def evaluation_table(evaluations: Mapping[str, GoldEvaluation]) -> str:
+    """A Markdown table, one row per evaluated model."""
+    lines = [
+        "| model | prompts | gold helpfulness | gold safety | refusal rate (safe prompts) "
+        "| win rate |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, result in evaluations.items():
+        win = "n/a" if result.win_rate is None else f"{result.win_rate:.3f}"
+        lines.append(
+            f"| {name} | {result.num_prompts} | {result.mean_helpfulness:.3f} | "
+            f"{result.mean_safety:.3f} | {result.refusal_rate_on_safe:.3f} | {win} |"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,80 @@
+"""Sample response pairs for preference collection from model variants.
+
+A variant is a (checkpoint, temperature) combination, as Llama 2 sampled its
+pairs "from two different model variants, and varying the temperature
+hyper-parameter". Each pair takes two distinct variants; all responses of one
+variant are generated in large batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from textrl.generation import generate_responses
+from textrl.sampling import SamplingConfig
+from textrl.world.tasks import Task
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    temperature: float
+
+
+@dataclass(frozen=True)
+class SampledPairs:
+    tasks: list[Task]
+    first: list[str]
+    second: list[str]
+    first_variant: list[str]
+    second_variant: list[str]
+
+
+def sample_pairs(
+    variants: Sequence[Variant],
+    tasks: Sequence[Task],
+    count: int,
+    seed: int,
+    max_new_tokens: int = 48,
+    batch_size: int = 256,
+    progress: bool = False,
+) -> SampledPairs:
+    """``count`` pairs over prompts drawn with replacement from ``tasks``."""
+    if len(variants) < 2:
+        raise ValueError(
+            "pairs need at least two variants: give two checkpoints or two temperatures"
+        )
+    rng = np.random.default_rng(seed)
+    chosen_tasks = [tasks[i] for i in rng.integers(0, len(tasks), size=count)]
+    assignment = np.stack([rng.choice(len(variants), size=2, replace=False) for _ in range(count)])
+    responses = np.empty((count, 2), dtype=object)
+    for index, variant in enumerate(variants):
+        slots = np.argwhere(assignment == index)  # (n, 2): pair, side
+        if len(slots) == 0:
+            continue
+        prompts = [chosen_tasks[pair].prompt for pair, _ in slots]
+        texts = generate_responses(
+            variant.model,
+            variant.tokenizer,
+            prompts,
+            SamplingConfig(temperature=variant.temperature),
+            max_new_tokens,
+            batch_size,
+            progress=progress,
+        )
+        for (pair, side), text in zip(slots, texts, strict=True):
+            responses[pair, side] = text
+    names = [variant.name for variant in variants]
+    return SampledPairs(
+        tasks=chosen_tasks,
+        first=list(responses[:, 0]),
+        second=list(responses[:, 1]),
+        first_variant=[names[i] for i in assignment[:, 0]],
+        second_variant=[names[i] for i in assignment[:, 1]],
+    )
