@@ -59,29 +59,25 @@ def toy_task_kwargs(
     }
 
 
-def make_copy_env(
-    length: int = 3, alphabet: str = TOY_ALPHABET, **kwargs: Any
+def make_toy_env(
+    target: Callable[[str], str], length: int = 3, alphabet: str = TOY_ALPHABET, **kwargs: Any
 ) -> TextGenerationEnv:
-    return TextGenerationEnv(**{**toy_task_kwargs(_identity, length, alphabet), **kwargs})
+    return TextGenerationEnv(**{**toy_task_kwargs(target, length, alphabet), **kwargs})
 
 
-def make_copy_vector_env(
-    num_envs: int = 1, length: int = 3, alphabet: str = TOY_ALPHABET, **kwargs: Any
+def make_toy_vector_env(
+    target: Callable[[str], str],
+    num_envs: int = 1,
+    length: int = 3,
+    alphabet: str = TOY_ALPHABET,
+    **kwargs: Any,
 ) -> TextGenerationVectorEnv:
     return TextGenerationVectorEnv(
-        num_envs, **{**toy_task_kwargs(_identity, length, alphabet), **kwargs}
+        num_envs, **{**toy_task_kwargs(target, length, alphabet), **kwargs}
     )
 
 
-def make_reverse_env(
-    length: int = 3, alphabet: str = TOY_ALPHABET, **kwargs: Any
-) -> TextGenerationEnv:
-    return TextGenerationEnv(**{**toy_task_kwargs(_reversed, length, alphabet), **kwargs})
-
-
-def make_reverse_vector_env(
-    num_envs: int = 1, length: int = 3, alphabet: str = TOY_ALPHABET, **kwargs: Any
-) -> TextGenerationVectorEnv:
-    return TextGenerationVectorEnv(
-        num_envs, **{**toy_task_kwargs(_reversed, length, alphabet), **kwargs}
-    )
+make_copy_env = partial(make_toy_env, _identity)
+make_copy_vector_env = partial(make_toy_vector_env, _identity)
+make_reverse_env = partial(make_toy_env, _reversed)
+make_reverse_vector_env = partial(make_toy_vector_env, _reversed)
