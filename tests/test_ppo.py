@@ -176,3 +176,24 @@ def test_a_seed_fixes_a_training_run_on_cpu():
     first, second = train(5), train(5)
     assert torch.equal(first, second)
     assert not torch.equal(first, train(6))
+
+
+def parameter_count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_a_shared_torso_is_one_network_that_both_losses_train():
+    torch.manual_seed(0)
+    env = gym.make("CartPole-v1")
+    shared = MLPActorCriticPolicy(
+        observation_space=env.observation_space, action_space=env.action_space, shared_torso=True
+    )
+    separate = cartpole_policy()
+    assert shared.networks.actor_torso is shared.networks.critic_torso
+    critic_torso_size = sum(p.numel() for p in separate.networks.critic_torso.parameters())
+    assert parameter_count(separate) - parameter_count(shared) == critic_torso_size
+    algorithm = PPO(policy=shared, optim=AdamOptimizerFactory(lr=1e-3))
+    before = [p.detach().clone() for p in shared.networks.actor_torso.parameters()]
+    run_update(algorithm, rollout_for(shared), batch_size=256, repeat=1)
+    after = list(shared.networks.actor_torso.parameters())
+    assert all(not torch.equal(b, a) for b, a in zip(before, after, strict=True))
