@@ -34,6 +34,16 @@ def iter_jsonl(
     choices: Mapping[str, Collection[Any]] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Yield validated records of ``path`` one line at a time (blank lines are allowed)."""
+    for _, record in iter_jsonl_lines(path, fields, choices):
+        yield record
+
+
+def iter_jsonl_lines(
+    path: str | Path,
+    fields: Mapping[str, type | tuple[type, ...]],
+    choices: Mapping[str, Collection[Any]] | None = None,
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Like ``iter_jsonl``, with each record's ``file:line`` for the caller's own checks."""
     path = Path(path)
     if not path.is_file():
         raise DataFormatError(f"{path}: no such file")
@@ -79,7 +89,7 @@ def iter_jsonl(
                         f"expected one of {sorted(allowed)}"
                     )
             records += 1
-            yield record
+            yield where, record
     if records == 0:
         raise DataFormatError(f"{path}: the file holds no records")
 

@@ -1,0 +1,125 @@
+"""SFT: prompt-masked loss, packing isolation, resume equivalence, clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.text_fixtures import TOKENIZER, tiny_model
+from textrl.jsonl import DataFormatError
+from textrl.lm_losses import IGNORE_INDEX, margin_ranking_loss, margins_for, prompt_masked_lm_loss
+from textrl.sft import SFTConfig, checkpoints, train_sft
+from textrl.sft_data import pack, packed_attention_mask, read_conversations, tokenize_conversation
+
+
+def conversation(prompt: str, answer: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
+
+
+def test_only_answer_tokens_are_back_propagated():
+    torch.manual_seed(0)
+    example = tokenize_conversation(TOKENIZER, conversation("abc", "de"), "x:1")
+    labels = torch.tensor([example.labels])
+    answer_positions = [i for i, label in enumerate(example.labels) if label != IGNORE_INDEX]
+    assert len(answer_positions) == 3  # "d", "e", EOS; the prompt and separator are masked
+    logits = torch.randn(1, len(example.labels), len(TOKENIZER), requires_grad=True)
+    base = prompt_masked_lm_loss(logits, labels)
+    base.backward()
+    predicting_answer = {i - 1 for i in answer_positions}  # logits at i predict token i + 1
+    for position in range(len(example.labels)):
+        has_gradient = logits.grad[0, position].abs().sum().item() > 0
+        assert has_gradient == (position in predicting_answer)
+    changed = labels.clone()
+    changed[0, answer_positions[0]] = (labels[0, answer_positions[0]] + 1) % len(TOKENIZER)
+    assert prompt_masked_lm_loss(logits, changed).item() != base.item()
+
+
+def test_packing_never_lets_one_example_attend_to_another():
+    model = tiny_model()
+    examples = [
+        tokenize_conversation(TOKENIZER, conversation(p, a), f"x:{i}")
+        for i, (p, a) in enumerate([("abc", "de"), ("h", "gggg"), ("ab ab", "c")])
+    ]
+    packed = pack(examples, 40, TOKENIZER.pad_token_id)
+    assert packed.input_ids.shape[0] == 1  # all three share one sequence
+    logits = model(
+        input_ids=packed.input_ids,
+        attention_mask=packed_attention_mask(packed.segment_ids),
+        position_ids=packed.position_ids,
+    ).logits[0]
+    start = 0
+    for example in examples:
+        alone = model(torch.tensor([example.input_ids])).logits[0]
+        torch.testing.assert_close(
+            logits[start : start + len(example.input_ids)], alone, rtol=1e-4, atol=1e-5
+        )
+        start += len(example.input_ids)
+
+
+def test_margin_loss_equals_a_hand_computation():
+    chosen, rejected = torch.tensor([2.0, 0.5]), torch.tensor([1.0, 1.0])
+    margins = margins_for(["significantly better", "negligibly better/unsure"], "large")
+    expected = (
+        -(
+            torch.log(torch.sigmoid(torch.tensor(2.0 - 1.0 - 3.0)))
+            + torch.log(torch.sigmoid(torch.tensor(0.5 - 1.0 - 0.0)))
+        )
+        / 2
+    )
+    torch.testing.assert_close(margin_ranking_loss(chosen, rejected, margins), expected)
+    assert margins_for(["better", "slightly better"], "small").tolist() == pytest.approx(
+        [2 / 3, 1 / 3]
+    )
+
+
+@pytest.fixture
+def sft_setup(tmp_path):
+    model_dir = tmp_path / "base"
+    tiny_model().save_pretrained(model_dir)
+    TOKENIZER.save_pretrained(model_dir)
+    data = tmp_path / "demos.jsonl"
+    pairs = [("abc", "cba"), ("hh", "h"), ("de", "ed"), ("fgh", "hgf"), ("a", "a"), ("bb", "b")]
+    data.write_text("".join(json.dumps({"prompt": p, "answer": a}) + "\n" for p, a in pairs * 3))
+    return model_dir, data
+
+
+def sft_config(model_dir, data, output_dir) -> SFTConfig:
+    return SFTConfig(
+        model=str(model_dir),
+        data=data,
+        output_dir=output_dir,
+        epochs=2,
+        learning_rate=1e-2,
+        batch_size=2,
+        sequence_length=24,
+        save_every_steps=2,
+    )
+
+
+def test_sft_learns_and_a_killed_run_resumes_to_the_same_weights(sft_setup, tmp_path):
+    model_dir, data = sft_setup
+    straight = train_sft(sft_config(model_dir, data, tmp_path / "straight"))
+    assert straight.losses[-1] < straight.losses[0]
+    interrupted_dir = tmp_path / "interrupted"
+    train_sft(sft_config(model_dir, data, interrupted_dir), stop_after_steps=3)
+    assert [p.name for p in checkpoints(interrupted_dir)][-1] == "checkpoint-000003"
+    resumed = train_sft(sft_config(model_dir, data, interrupted_dir))
+    assert resumed.steps == straight.steps
+    straight_weights = load_file(straight.checkpoint / "model.safetensors")
+    resumed_weights = load_file(resumed.checkpoint / "model.safetensors")
+    assert straight_weights.keys() == resumed_weights.keys()
+    for name, weights in straight_weights.items():
+        assert torch.equal(weights, resumed_weights[name]), name
+
+
+def test_bad_sft_input_names_file_line_and_field(tmp_path):
+    data = tmp_path / "bad.jsonl"
+    data.write_text('{"prompt": "a", "answer": "b"}\n{"prompt": "a"}\n')
+    with pytest.raises(DataFormatError, match='bad.jsonl:2: field "answer" is missing'):
+        read_conversations(data)
+    long_example = tokenize_conversation(TOKENIZER, conversation("a" * 50, "b"), "demos.jsonl:7")
+    with pytest.raises(ValueError, match="demos.jsonl:7: the example has 53 tokens"):
+        pack([long_example], 32, TOKENIZER.pad_token_id)

@@ -1,0 +1,66 @@
+"""Losses of the Llama 2 recipe's supervised stages (arXiv:2307.09288, sections 3.1-3.2).
+
+- SFT: next-token cross-entropy on answer tokens only ("we zero-out the loss on
+  tokens from the user prompt").
+- Reward model: the binary ranking loss with a margin,
+  ``-log sigmoid(r_chosen - r_rejected - m(rating))`` (equation 2), with the
+  paper's two margin tables (Table 27).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100
+"""Label of a token that is not trained on (prompt tokens, padding)."""
+
+MarginTable = Literal["none", "small", "large"]
+MARGINS: dict[str, dict[str, float]] = {
+    "none": {
+        "significantly better": 0.0,
+        "better": 0.0,
+        "slightly better": 0.0,
+        "negligibly better/unsure": 0.0,
+    },
+    "small": {
+        "significantly better": 1.0,
+        "better": 2 / 3,
+        "slightly better": 1 / 3,
+        "negligibly better/unsure": 0.0,
+    },
+    "large": {
+        "significantly better": 3.0,
+        "better": 2.0,
+        "slightly better": 1.0,
+        "negligibly better/unsure": 0.0,
+    },
+}
+
+
+def prompt_masked_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over positions whose label is not ``IGNORE_INDEX``.
+
+    ``logits (B, L, V)`` at position ``i`` predict ``labels[:, i + 1]``.
+    """
+    predicted = logits[:, :-1].reshape(-1, logits.shape[-1])  # (B*(L-1), V)
+    targets = labels[:, 1:].reshape(-1)
+    if (targets != IGNORE_INDEX).sum() == 0:
+        raise ValueError("no answer token to train on in this batch (every label is masked)")
+    return F.cross_entropy(predicted.float(), targets, ignore_index=IGNORE_INDEX)
+
+
+def margin_ranking_loss(
+    chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor, margins: torch.Tensor
+) -> torch.Tensor:
+    """``mean(-log sigmoid(r_chosen - r_rejected - m))`` over pairs, all ``(B,)``."""
+    return -F.logsigmoid(chosen_rewards - rejected_rewards - margins).mean()
+
+
+def margins_for(ratings: list[str], table: MarginTable) -> torch.Tensor:
+    """The margin ``m(rating)`` of each pair under ``table``."""
+    if table not in MARGINS:
+        raise ValueError(f"unknown margin table {table!r}; use one of {sorted(MARGINS)}")
+    return torch.tensor([MARGINS[table][rating] for rating in ratings])

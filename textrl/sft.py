@@ -1,0 +1,219 @@
+"""Supervised fine-tuning, Llama 2 style (arXiv:2307.09288, section 3.1).
+
+Prompts and answers are concatenated with a separator, packed to fill the
+sequence length, and only answer tokens are trained on. AdamW with weight
+decay 0.1 and a cosine schedule with linear warm-up; 2 epochs by default.
+Checkpoints are Hugging Face directories (``from_pretrained`` loads them) plus
+``training_state.pt`` (optimizer, schedule, step, RNG), each written to a
+hidden staging directory and renamed into place, so a run killed at any
+moment keeps its last checkpoint and resumes to the same weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch.optim.lr_scheduler import LambdaLR
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from textrl.lm_losses import prompt_masked_lm_loss
+from textrl.models import load_causal_lm
+from textrl.sft_data import pack, packed_attention_mask, read_conversations, tokenize_conversation
+
+logger = logging.getLogger(__name__)
+CHECKPOINT_PREFIX = "checkpoint-"
+STATE_FILE = "training_state.pt"
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    """One SFT run (Llama 2 at full scale: lr 2e-5, batch 64, sequence length 4096)."""
+
+    model: str
+    """Policy to fine-tune: HF directory, .gguf file or 'smollm2'."""
+    data: Path
+    """Prompt/answer (or messages) JSONL."""
+    output_dir: Path
+    """Where checkpoints, TensorBoard logs and the report go."""
+    epochs: int = 2
+    """Passes over the data."""
+    learning_rate: float = 2e-5
+    """Peak AdamW step size (scale it up for tiny models, e.g. 1e-3)."""
+    batch_size: int = 8
+    """Packed sequences per micro-batch."""
+    gradient_accumulation: int = 1
+    """Micro-batches per optimizer step."""
+    sequence_length: int = 256
+    """Tokens per packed sequence."""
+    weight_decay: float = 0.1
+    """AdamW weight decay."""
+    warmup_fraction: float = 0.03
+    """Share of the steps with a linear warm-up before the cosine decay."""
+    max_grad_norm: float = 1.0
+    """Global gradient-norm clip."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass (memory for time)."""
+    bf16: bool = False
+    """bfloat16 autocast (use where the device supports it, e.g. recent GPUs)."""
+    save_every_steps: int = 50
+    """Optimizer steps between checkpoints (the last step is always saved)."""
+    seed: int = 0
+    """Seeds the data order and torch."""
+    device: str = "cpu"
+    """cpu or cuda."""
+
+
+@dataclass
+class SFTResult:
+    checkpoint: Path
+    steps: int
+    losses: list[float] = field(default_factory=list)
+    tokens_per_second: float = 0.0
+
+
+def checkpoints(output_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (staging directories are hidden and skipped)."""
+    found = [p for p in output_dir.glob(f"{CHECKPOINT_PREFIX}*") if (p / STATE_FILE).is_file()]
+    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]))
+
+
+def save_checkpoint(
+    output_dir: Path,
+    step: int,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    state: dict[str, object],
+) -> Path:
+    """Write ``checkpoint-<step>`` via a staging directory and an atomic rename."""
+    target = output_dir / f"{CHECKPOINT_PREFIX}{step:06d}"
+    staging = Path(tempfile.mkdtemp(dir=output_dir, prefix=f".{target.name}."))
+    try:
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        torch.save(state, staging / STATE_FILE)
+        os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def _cosine_with_warmup(total_steps: int, warmup_steps: int):
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def train_sft(config: SFTConfig, stop_after_steps: int | None = None) -> SFTResult:
+    """Train (or resume) an SFT run; ``stop_after_steps`` ends early, as a kill would."""
+    config.output_dir.mkdir(parents=True, exist_ok=True)
+    previous = checkpoints(config.output_dir)
+    model_source = str(previous[-1]) if previous else config.model
+    torch.manual_seed(config.seed)
+    model, tokenizer = load_causal_lm(model_source, device=config.device)
+    examples = [
+        tokenize_conversation(tokenizer, messages, where)
+        for where, messages in read_conversations(config.data)
+    ]
+    packed = pack(examples, config.sequence_length, tokenizer.pad_token_id)
+    sequences_per_step = config.batch_size * config.gradient_accumulation
+    steps_per_epoch = math.ceil(len(packed.input_ids) / sequences_per_step)
+    total_steps = config.epochs * steps_per_epoch
+    decay, no_decay = [], []
+    for name, parameter in model.named_parameters():
+        (no_decay if parameter.ndim < 2 or "norm" in name else decay).append(parameter)
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": config.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=config.learning_rate,
+        betas=(0.9, 0.95),
+        eps=1e-5,
+    )
+    scheduler = LambdaLR(
+        optimizer,
+        _cosine_with_warmup(total_steps, max(1, round(config.warmup_fraction * total_steps))),
+    )
+    step = 0
+    if previous:
+        state = torch.load(previous[-1] / STATE_FILE, weights_only=False)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step = state["step"]
+        torch.random.set_rng_state(state["torch_rng"])
+        logger.info("resuming %s at step %d of %d", previous[-1], step, total_steps)
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    model.train()
+    writer = SummaryWriter(str(config.output_dir / "tensorboard"))
+    result = SFTResult(checkpoint=previous[-1] if previous else Path(), steps=step)
+    trained_tokens, start = 0, time.perf_counter()
+    end_step = total_steps if stop_after_steps is None else min(total_steps, stop_after_steps)
+    progress = tqdm(range(step, end_step), desc="sft", initial=step, total=total_steps)
+    for step in progress:
+        epoch, position = divmod(step, steps_per_epoch)
+        order = torch.randperm(
+            len(packed.input_ids), generator=torch.Generator().manual_seed(config.seed + epoch)
+        )
+        rows = order[position * sequences_per_step : (position + 1) * sequences_per_step]
+        optimizer.zero_grad(set_to_none=True)
+        step_loss = 0.0
+        for micro_rows in rows.split(config.batch_size):
+            labels = packed.labels[micro_rows].to(config.device)
+            with torch.autocast(
+                torch.device(config.device).type, dtype=torch.bfloat16, enabled=config.bf16
+            ):
+                logits = model(
+                    input_ids=packed.input_ids[micro_rows].to(config.device),
+                    attention_mask=packed_attention_mask(packed.segment_ids[micro_rows]).to(
+                        config.device
+                    ),
+                    position_ids=packed.position_ids[micro_rows].to(config.device),
+                ).logits
+                loss = prompt_masked_lm_loss(logits, labels) / math.ceil(
+                    len(rows) / config.batch_size
+                )
+            loss.backward()
+            step_loss += loss.item()
+            trained_tokens += int((packed.segment_ids[micro_rows] > 0).sum())
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        result.losses.append(step_loss)
+        writer.add_scalar("sft/loss", step_loss, step + 1)
+        writer.add_scalar("sft/learning_rate", scheduler.get_last_lr()[0], step + 1)
+        progress.set_postfix(loss=f"{step_loss:.3f}")
+        if (step + 1) % config.save_every_steps == 0 or step + 1 in (end_step, total_steps):
+            result.checkpoint = save_checkpoint(
+                config.output_dir,
+                step + 1,
+                model,
+                tokenizer,
+                {
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "step": step + 1,
+                    "torch_rng": torch.random.get_rng_state(),
+                    "config": asdict(config),
+                },
+            )
+        result.steps = step + 1
+    elapsed = time.perf_counter() - start
+    result.tokens_per_second = trained_tokens / elapsed if elapsed > 0 else 0.0
+    writer.close()
+    return result
