@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.text_fixtures import TOKENIZER, tiny_model
+from textrl.combined_reward import Whitening, gated_score
 from textrl.jsonl import DataFormatError
 from textrl.lm_losses import IGNORE_INDEX, margin_ranking_loss, margins_for, prompt_masked_lm_loss
 from textrl.sft import SFTConfig, checkpoints, train_sft
@@ -123,3 +124,20 @@ def test_bad_sft_input_names_file_line_and_field(tmp_path):
     long_example = tokenize_conversation(TOKENIZER, conversation("a" * 50, "b"), "demos.jsonl:7")
     with pytest.raises(ValueError, match="demos.jsonl:7: the example has 53 tokens"):
         pack([long_example], 32, TOKENIZER.pad_token_id)
+
+
+def test_safety_gating_uses_the_safety_score_when_tagged_or_below_the_threshold():
+    helpfulness = torch.tensor([0.9, 0.9, 0.9, 0.2])
+    safety = torch.tensor([0.5, 0.10, 0.5, 0.8])
+    tagged = torch.tensor([True, False, False, False])
+    assert gated_score(helpfulness, safety, tagged).tolist() == pytest.approx([0.5, 0.10, 0.9, 0.2])
+    assert gated_score(
+        helpfulness, torch.tensor([0.15] * 4), torch.zeros(4, dtype=torch.bool)
+    ).tolist() == pytest.approx([0.9, 0.9, 0.9, 0.2])  # 0.15 itself is not below the threshold
+
+
+def test_logit_whitening_on_hand_cases():
+    calibration = torch.logit(torch.tensor([0.5, 0.7310586]))  # logits 0 and 1
+    whitening = Whitening.fit(calibration)
+    assert (whitening.mean, whitening.std) == pytest.approx((0.5, 0.70710678))
+    assert whitening(torch.tensor([0.5, 1.5])).tolist() == pytest.approx([0.0, 1.41421356])

@@ -1,9 +1,11 @@
-"""The ``textrl`` command line: the synthetic world's data and its gold evaluation.
+"""The ``textrl`` command line: the synthetic world, its gold evaluation, SFT and reward models.
 
 textrl world --out data/world                       # prompts and SFT demonstrations
 textrl collect-preferences --model ckpt --pairs 10000 --out prefs.jsonl
 textrl annotate --model ckpt --pairs 50 --out my_labels.jsonl
 textrl evaluate --model ckpt --against sft_ckpt --split test
+textrl sft --model base --data data/world/train.demonstrations.jsonl --out runs/sft
+textrl rm --policy runs/sft/checkpoint-000120 --train prefs.jsonl --out runs/rm_help
 """
 
 from __future__ import annotations
@@ -15,14 +17,23 @@ import sys
 import time
 from pathlib import Path
 
+from textrl.checkpoint import write_atomically
 from textrl.jsonl import DataFormatError, write_jsonl_atomically
 from textrl.models import load_causal_lm
+from textrl.reward_model import (
+    RewardModelConfig,
+    accuracy_by_rating,
+    accuracy_table,
+    load_reward_model,
+    train_reward_model,
+)
+from textrl.sft import SFTConfig, train_sft
 from textrl.world.annotator import SimulatedAnnotator
 from textrl.world.demonstrations import write_demonstrations
 from textrl.world.evaluation import evaluate_model, evaluation_table
 from textrl.world.human_annotation import annotate, write_pairs_file
 from textrl.world.pair_sampling import Variant, sample_pairs
-from textrl.world.preferences import annotate_pairs, write_preferences
+from textrl.world.preferences import annotate_pairs, read_preferences, write_preferences
 from textrl.world.splits import SPLIT_FRACTIONS, split_tasks
 
 
@@ -102,6 +113,60 @@ def _evaluate(args: argparse.Namespace) -> None:
         print(json.dumps(result.__dict__))
 
 
+def _sft(args: argparse.Namespace) -> None:
+    config = SFTConfig(
+        model=args.model,
+        data=args.data,
+        output_dir=args.out,
+        epochs=args.epochs,
+        learning_rate=args.learning_rate,
+        batch_size=args.batch_size,
+        gradient_accumulation=args.gradient_accumulation,
+        sequence_length=args.sequence_length,
+        gradient_checkpointing=args.gradient_checkpointing,
+        bf16=args.bf16,
+        seed=args.seed,
+        device=args.device,
+    )
+    result = train_sft(config)
+    print(
+        json.dumps(
+            {
+                "checkpoint": str(result.checkpoint),
+                "steps": result.steps,
+                "final_loss": result.losses[-1] if result.losses else None,
+                "tokens_per_second": round(result.tokens_per_second, 1),
+            }
+        )
+    )
+
+
+def _reward_model(args: argparse.Namespace) -> None:
+    config = RewardModelConfig(
+        policy=args.policy,
+        train=args.train,
+        output_dir=args.out,
+        category=args.category,
+        margin=args.margin,
+        epochs=args.epochs,
+        learning_rate=args.learning_rate,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        device=args.device,
+    )
+    result = train_reward_model(config)
+    model, tokenizer = load_reward_model(result.checkpoint, args.device)
+    model.eval()
+    accuracies = {}
+    for path in [args.train, *args.evaluate]:
+        pairs = [p for p in read_preferences(path) if p.category == args.category]
+        accuracies[Path(path).name] = accuracy_by_rating(model, tokenizer, pairs)
+    table = accuracy_table(accuracies)
+    write_atomically(args.out / "accuracy.md", lambda handle: handle.write((table + "\n").encode()))
+    print(table)
+    print(json.dumps({"checkpoint": str(result.checkpoint), "accuracy": accuracies}))
+
+
 def _sampling_arguments(parser: argparse.ArgumentParser, pairs: bool) -> None:
     parser.add_argument(
         "--model",
@@ -150,6 +215,39 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--against", help="checkpoint to compute the win rate against")
     evaluate.add_argument("--json", action="store_true", help="also print the numbers as JSON")
     evaluate.set_defaults(run=_evaluate)
+    sft = commands.add_parser("sft", help="supervised fine-tuning on prompt/answer JSONL")
+    sft.add_argument("--model", required=True, help="HF directory, .gguf or 'smollm2'")
+    sft.add_argument("--data", type=Path, required=True)
+    sft.add_argument("--out", type=Path, required=True)
+    sft.add_argument("--epochs", type=int, default=2)
+    sft.add_argument("--learning-rate", type=float, default=2e-5)
+    sft.add_argument("--batch-size", type=int, default=8)
+    sft.add_argument("--gradient-accumulation", type=int, default=1)
+    sft.add_argument("--sequence-length", type=int, default=256)
+    sft.add_argument("--gradient-checkpointing", action="store_true")
+    sft.add_argument("--bf16", action="store_true")
+    sft.add_argument("--seed", type=int, default=0)
+    sft.add_argument("--device", default="cpu")
+    sft.set_defaults(run=_sft)
+    reward = commands.add_parser("rm", help="train a reward model on preference JSONL")
+    reward.add_argument("--policy", required=True, help="checkpoint that initialises the RM")
+    reward.add_argument("--train", type=Path, required=True)
+    reward.add_argument(
+        "--evaluate",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="preference files to report accuracy on (validation, test)",
+    )
+    reward.add_argument("--category", choices=["helpfulness", "safety"], default="helpfulness")
+    reward.add_argument("--margin", choices=["none", "small", "large"], default="small")
+    reward.add_argument("--epochs", type=int, default=1)
+    reward.add_argument("--learning-rate", type=float, default=1e-5)
+    reward.add_argument("--batch-size", type=int, default=16)
+    reward.add_argument("--out", type=Path, required=True)
+    reward.add_argument("--seed", type=int, default=0)
+    reward.add_argument("--device", default="cpu")
+    reward.set_defaults(run=_reward_model)
     return parser
 
 

@@ -69,15 +69,7 @@ def load_causal_lm(
     cache_dir: Path | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A causal LM and its tokenizer from a HF directory or a ``.gguf`` file, in eval mode."""
-    path = resolve_model_path(name_or_path)
-    if path.is_file() and path.suffix == ".gguf":
-        directory = converted_gguf_directory(path, cache_dir or default_cache_dir())
-    elif path.is_dir() and (path / "config.json").is_file():
-        directory = path
-    else:
-        raise FileNotFoundError(
-            f"{path}: not a Hugging Face model directory (with config.json) nor a .gguf file"
-        )
+    directory = model_directory(name_or_path, cache_dir)
     tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
     ensure_distinct_padding(tokenizer)
     model = AutoModelForCausalLM.from_pretrained(directory, local_files_only=True, dtype=dtype)
@@ -103,6 +95,18 @@ def ensure_distinct_padding(tokenizer: PreTrainedTokenizerBase) -> None:
             tokenizer.pad_token = candidate
             return
     raise ValueError("the tokenizer has no special token to pad with besides EOS")
+
+
+def model_directory(name_or_path: str | Path, cache_dir: Path | None = None) -> Path:
+    """The Hugging Face directory behind ``name_or_path`` (a GGUF is converted once)."""
+    path = resolve_model_path(name_or_path)
+    if path.is_file() and path.suffix == ".gguf":
+        return converted_gguf_directory(path, cache_dir or default_cache_dir())
+    if path.is_dir() and (path / "config.json").is_file():
+        return path
+    raise FileNotFoundError(
+        f"{path}: not a Hugging Face model directory (with config.json) nor a .gguf file"
+    )
 
 
 def converted_gguf_directory(gguf_path: Path, cache_dir: Path) -> Path:

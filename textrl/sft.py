@@ -17,6 +17,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -108,7 +109,9 @@ def save_checkpoint(
     return target
 
 
-def _cosine_with_warmup(total_steps: int, warmup_steps: int):
+def cosine_with_warmup(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    """Learning-rate factor: linear warm-up over ``warmup_steps``, then cosine to 0."""
+
     def factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / warmup_steps
@@ -147,7 +150,7 @@ def train_sft(config: SFTConfig, stop_after_steps: int | None = None) -> SFTResu
     )
     scheduler = LambdaLR(
         optimizer,
-        _cosine_with_warmup(total_steps, max(1, round(config.warmup_fraction * total_steps))),
+        cosine_with_warmup(total_steps, max(1, round(config.warmup_fraction * total_steps))),
     )
     step = 0
     if previous:

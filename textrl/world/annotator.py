@@ -83,3 +83,16 @@ class SimulatedAnnotator:
         if noise == 0:
             return 1.0
         return float(1.0 / (1.0 + np.exp(-abs(first - second) / noise)))
+
+
+def bayes_accuracy(gold_gaps: np.ndarray, noise: float) -> float:
+    """Best possible accuracy at predicting this annotator's labels, given each pair's gold gap.
+
+    The best predictor picks the gold-better response; the annotator agrees with it
+    with probability ``sigmoid(|gap| / noise)`` (1/2 on a tie). No reward model
+    trained on these labels can beat the mean of that on held-out pairs.
+    """
+    gaps = np.abs(np.asarray(gold_gaps, dtype=float))
+    if noise == 0:
+        return float(np.mean(np.where(gaps > 0, 1.0, 0.5)))
+    return float(np.mean(1.0 / (1.0 + np.exp(-gaps / noise))))

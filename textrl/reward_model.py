@@ -1,0 +1,231 @@
+"""Reward models trained on pairwise preferences (Llama 2, section 3.2.2).
+
+The reward model is the policy's architecture with the LM head replaced by a
+scalar regression head (``AutoModelForSequenceClassification`` with one label,
+which keeps the backbone's weights from the policy checkpoint and scores the
+last real token). Loss: ``-log sigmoid(r_chosen - r_rejected - m(rating))``.
+One epoch, AdamW, cosine schedule with 3% warm-up. Accuracy is reported
+overall and per rating, as in the paper's Table 8.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.optim.lr_scheduler import LambdaLR
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from textrl.chat import format_prompt
+from textrl.lm_losses import MarginTable, margin_ranking_loss, margins_for
+from textrl.models import ensure_distinct_padding, model_directory
+from textrl.sft import cosine_with_warmup, save_checkpoint
+from textrl.world.annotator import RATINGS
+from textrl.world.preferences import PreferencePair, read_preferences
+
+
+@dataclass(frozen=True)
+class RewardModelConfig:
+    """One reward-model run."""
+
+    policy: str
+    """Checkpoint whose backbone initialises the reward model."""
+    train: Path
+    """Preference JSONL to train on."""
+    output_dir: Path
+    """Checkpoint, TensorBoard logs, report."""
+    category: str = "helpfulness"
+    """Which preference category to train on: helpfulness or safety."""
+    margin: MarginTable = "small"
+    """Margin table: none, small or large (Llama 2 Table 27)."""
+    epochs: int = 1
+    learning_rate: float = 1e-5
+    """Peak AdamW step size (Llama 2: 5e-6 for 70B, 1e-5 otherwise; more for tiny models)."""
+    batch_size: int = 16
+    """Pairs per step."""
+    weight_decay: float = 0.1
+    warmup_fraction: float = 0.03
+    max_length: int = 256
+    """Tokens per prompt + response (longer ones are refused with their position)."""
+    seed: int = 0
+    device: str = "cpu"
+
+
+@dataclass
+class RewardModelResult:
+    checkpoint: Path
+    losses: list[float] = field(default_factory=list)
+    pairs_per_second: float = 0.0
+
+
+def load_reward_model(
+    path: str | Path, device: str = "cpu"
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A reward model, or a policy checkpoint given a fresh scalar head, and its tokenizer."""
+    directory = model_directory(path)
+    tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+    ensure_distinct_padding(tokenizer)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        directory, num_labels=1, local_files_only=True
+    )
+    model.config.pad_token_id = tokenizer.pad_token_id  # pool the last real token, not EOS
+    return model.to(device), tokenizer
+
+
+def encode_pairs(
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    responses: Sequence[str],
+    max_length: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ``(N, L)`` ids and mask of ``formatted prompt + response + EOS``."""
+    texts = [
+        format_prompt(tokenizer, prompt) + response + tokenizer.eos_token
+        for prompt, response in zip(prompts, responses, strict=True)
+    ]
+    encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    too_long = [i for i, ids in enumerate(encoded) if len(ids) > max_length]
+    if too_long:
+        raise ValueError(
+            f"pair {too_long[0]}: prompt + response has {len(encoded[too_long[0]])} "
+            f"tokens, more than max_length={max_length}"
+        )
+    width = max(len(ids) for ids in encoded)
+    ids = torch.full((len(encoded), width), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, tokens in enumerate(encoded):
+        ids[row, : len(tokens)] = torch.tensor(tokens)
+        mask[row, : len(tokens)] = 1
+    return ids, mask
+
+
+def score(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    responses: Sequence[str],
+    max_length: int = 256,
+) -> torch.Tensor:
+    """Raw scalar rewards ``(N,)`` (with gradients when the caller allows them)."""
+    device = next(model.parameters()).device
+    ids, mask = encode_pairs(tokenizer, prompts, responses, max_length)
+    return model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.squeeze(-1)
+
+
+@torch.no_grad()
+def accuracy_by_rating(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    pairs: Sequence[PreferencePair],
+    batch_size: int = 64,
+    max_length: int = 256,
+) -> dict[str, float]:
+    """Share of pairs where ``r(chosen) > r(rejected)``, per rating and ``"overall"``."""
+    correct: dict[str, list[bool]] = defaultdict(list)
+    for start in range(0, len(pairs), batch_size):
+        batch = pairs[start : start + batch_size]
+        prompts = [p.prompt for p in batch] * 2
+        rewards = score(
+            model,
+            tokenizer,
+            prompts,
+            [p.chosen for p in batch] + [p.rejected for p in batch],
+            max_length,
+        )
+        wins = (rewards[: len(batch)] > rewards[len(batch) :]).tolist()
+        for pair, win in zip(batch, wins, strict=True):
+            correct[pair.rating].append(win)
+            correct["overall"].append(win)
+    return {key: sum(values) / len(values) for key, values in correct.items()}
+
+
+def train_reward_model(config: RewardModelConfig) -> RewardModelResult:
+    """Train on ``config.category``'s pairs of ``config.train``; returns the checkpoint."""
+    torch.manual_seed(config.seed)
+    pairs = [p for p in read_preferences(config.train) if p.category == config.category]
+    if not pairs:
+        raise ValueError(f"{config.train}: no pairs of category {config.category!r}")
+    model, tokenizer = load_reward_model(config.policy, config.device)
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "norm" not in n]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "norm" in n]
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": config.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=config.learning_rate,
+        betas=(0.9, 0.95),
+        eps=1e-5,
+    )
+    steps_per_epoch = math.ceil(len(pairs) / config.batch_size)
+    total_steps = config.epochs * steps_per_epoch
+    scheduler = LambdaLR(
+        optimizer,
+        cosine_with_warmup(total_steps, max(1, round(config.warmup_fraction * total_steps))),
+    )
+    writer = SummaryWriter(str(config.output_dir / "tensorboard"))
+    result = RewardModelResult(checkpoint=Path())
+    model.train()
+    start = time.perf_counter()
+    for step in tqdm(range(total_steps), desc=f"reward model ({config.category})"):
+        epoch, position = divmod(step, steps_per_epoch)
+        order = torch.randperm(
+            len(pairs), generator=torch.Generator().manual_seed(config.seed + epoch)
+        )
+        batch = [
+            pairs[i]
+            for i in order[position * config.batch_size : (position + 1) * config.batch_size]
+        ]
+        rewards = score(
+            model,
+            tokenizer,
+            [p.prompt for p in batch] * 2,
+            [p.chosen for p in batch] + [p.rejected for p in batch],
+            config.max_length,
+        )
+        loss = margin_ranking_loss(
+            rewards[: len(batch)],
+            rewards[len(batch) :],
+            margins_for([p.rating for p in batch], config.margin).to(rewards.device),
+        )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        result.losses.append(loss.item())
+        writer.add_scalar(f"rm/{config.category}/loss", loss.item(), step + 1)
+    elapsed = time.perf_counter() - start
+    result.pairs_per_second = len(pairs) * config.epochs / elapsed if elapsed > 0 else 0.0
+    model.eval()
+    result.checkpoint = save_checkpoint(
+        config.output_dir,
+        total_steps,
+        model,
+        tokenizer,
+        {"step": total_steps, "category": config.category},
+    )
+    writer.close()
+    return result
+
+
+def accuracy_table(results: dict[str, dict[str, float]]) -> str:
+    """Markdown: one row per rating plus overall, one column per evaluated split."""
+    splits = list(results)
+    lines = ["| rating | " + " | ".join(splits) + " |", "|---|" + "---|" * len(splits)]
+    for rating in (*RATINGS, "overall"):
+        cells = [f"{results[s][rating]:.3f}" if rating in results[s] else "n/a" for s in splits]
+        lines.append(f"| {rating} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
