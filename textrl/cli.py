@@ -17,9 +17,9 @@ import sys
 import time
 from pathlib import Path
 
-from textrl.checkpoint import write_atomically
 from textrl.jsonl import DataFormatError, write_jsonl_atomically
 from textrl.models import load_causal_lm
+from textrl.reports import accuracy_figure, loss_figure, write_report
 from textrl.reward_model import (
     RewardModelConfig,
     accuracy_by_rating,
@@ -28,7 +28,7 @@ from textrl.reward_model import (
     train_reward_model,
 )
 from textrl.sft import SFTConfig, train_sft
-from textrl.world.annotator import SimulatedAnnotator
+from textrl.world.annotator import RATINGS, SimulatedAnnotator
 from textrl.world.demonstrations import write_demonstrations
 from textrl.world.evaluation import evaluate_model, evaluation_table
 from textrl.world.human_annotation import annotate, write_pairs_file
@@ -129,6 +129,16 @@ def _sft(args: argparse.Namespace) -> None:
         device=args.device,
     )
     result = train_sft(config)
+    summary = (
+        f"Model `{args.model}`, data `{args.data}`, {result.steps} steps, "
+        f"{result.tokens_per_second:.0f} trained tokens/s, final loss {result.losses[-1]:.4f}."
+        if result.losses
+        else "No step was run: the run had already finished."
+    )
+    report = write_report(
+        args.out, "SFT", [summary], {"loss": loss_figure(result.losses, "SFT loss (answer tokens)")}
+    )
+    print(f"report: {report}")
     print(
         json.dumps(
             {
@@ -162,8 +172,20 @@ def _reward_model(args: argparse.Namespace) -> None:
         pairs = [p for p in read_preferences(path) if p.category == args.category]
         accuracies[Path(path).name] = accuracy_by_rating(model, tokenizer, pairs)
     table = accuracy_table(accuracies)
-    write_atomically(args.out / "accuracy.md", lambda handle: handle.write((table + "\n").encode()))
+    report = write_report(
+        args.out,
+        f"Reward model ({args.category}, {args.margin} margin)",
+        [
+            f"Initialised from `{args.policy}`, trained on `{args.train}`.",
+            "Accuracy (share of pairs where r(chosen) > r(rejected)):\n\n" + table,
+        ],
+        {
+            "loss": loss_figure(result.losses, "ranking loss"),
+            "accuracy": accuracy_figure(accuracies, [*RATINGS, "overall"]),
+        },
+    )
     print(table)
+    print(f"report: {report}")
     print(json.dumps({"checkpoint": str(result.checkpoint), "accuracy": accuracies}))
 
 
