@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from envs.text_generation import TextGenerationEnv
 from tests.text_fixtures import TOKENIZER, tiny_model
-from textrl.combined_reward import Whitening, gated_score
+from textrl.combined_reward import CombinedReward, Whitening, gated_score
 from textrl.jsonl import DataFormatError
 from textrl.lm_losses import IGNORE_INDEX, margin_ranking_loss, margins_for, prompt_masked_lm_loss
+from textrl.reward_model import load_reward_model
 from textrl.sft import SFTConfig, checkpoints, train_sft
 from textrl.sft_data import pack, packed_attention_mask, read_conversations, tokenize_conversation
 
@@ -141,3 +148,64 @@ def test_logit_whitening_on_hand_cases():
     whitening = Whitening.fit(calibration)
     assert (whitening.mean, whitening.std) == pytest.approx((0.5, 0.70710678))
     assert whitening(torch.tensor([0.5, 1.5])).tolist() == pytest.approx([0.0, 1.41421356])
+
+
+def test_a_run_killed_with_sigkill_keeps_its_checkpoint_and_resumes_to_the_same_weights(
+    sft_setup, tmp_path
+):
+    model_dir, data = sft_setup
+    config = dataclasses.replace(sft_config(model_dir, data, tmp_path / "killed"), epochs=8)
+    straight = train_sft(dataclasses.replace(config, output_dir=tmp_path / "straight"))
+    script = (
+        "import sys, torch; from pathlib import Path; from textrl.sft import SFTConfig, train_sft; "
+        f"train_sft(SFTConfig(model={str(model_dir)!r}, data=Path({str(data)!r}), "
+        f"output_dir=Path({str(config.output_dir)!r}), epochs=8, learning_rate=1e-2, batch_size=2, "
+        "sequence_length=24, save_every_steps=2))"
+    )
+    process = subprocess.Popen([sys.executable, "-c", script])
+    deadline = time.monotonic() + 60
+    while not checkpoints(config.output_dir) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    survivors = checkpoints(config.output_dir)
+    assert survivors, "the run made no checkpoint before it was killed"
+    assert int(survivors[-1].name.split("-")[1]) < straight.steps  # killed mid-way
+    for checkpoint in survivors:  # every visible checkpoint is complete
+        assert (checkpoint / "model.safetensors").is_file()
+    resumed = train_sft(config)
+    assert resumed.steps == straight.steps
+    straight_weights = load_file(straight.checkpoint / "model.safetensors")
+    resumed_weights = load_file(resumed.checkpoint / "model.safetensors")
+    for name, weights in straight_weights.items():
+        assert torch.equal(weights, resumed_weights[name]), name
+
+
+def test_the_combined_reward_is_a_batched_reward_function_the_text_env_accepts(tmp_path):
+    directories = []
+    for seed in (1, 2):
+        directory = tmp_path / f"rm{seed}"
+        tiny_model(seed=seed).save_pretrained(directory)
+        TOKENIZER.save_pretrained(directory)
+        directories.append(directory)
+    prompts, responses = ["abc", "hh", "de", "abc"], ["cba", "h", "", "c"]
+    reward = CombinedReward(
+        helpfulness=load_reward_model(directories[0]),
+        safety=load_reward_model(directories[1]),
+        is_safety=lambda prompt: prompt == "hh",
+        calibration_prompts=prompts,
+        calibration_responses=responses,
+    )
+    calibrated = torch.tensor(reward(prompts, responses))
+    assert abs(calibrated.mean().item()) < 1e-5 and calibrated.std().item() == pytest.approx(1.0)
+    env = TextGenerationEnv(
+        tokenizer=TOKENIZER,
+        prompts=["abc"],
+        reward_fn=reward,
+        max_new_tokens=3,
+        max_prompt_tokens=8,
+    )
+    env.reset(seed=0)
+    a = TOKENIZER.convert_tokens_to_ids("a")
+    results = [env.step(a) for _ in range(3)]
+    assert results[-1][3] and results[-1][1] == pytest.approx(reward(["abc"], ["aaa"])[0])
