@@ -23,8 +23,12 @@ from agents.row_batch import RowBatch
 from agents.segment_policy import SegmentPolicy
 from agents.segments import segments_from_buffer
 from textrl.gae import masked_gae
+from textrl.kl import AdaptiveKLController, KLEstimator
 from textrl.masked import masked_mean, masked_whiten
 from textrl.ppo_losses import clipped_surrogate_loss, clipped_value_loss, explained_variance
+from textrl.reward_shaping import kl_shaped_rewards
+
+_PER_STEP_FIELDS = ("old_log_probs", "old_values", "advantages", "returns")
 
 
 @dataclass(frozen=True)
@@ -40,24 +44,24 @@ class PPORollout:
     """GAE advantages ``A_t``, ``(B, T)``."""
     returns: torch.Tensor
     """Value targets ``A_t + V_old(s_t)``, ``(B, T)``."""
+    kl_coef: float = 0.0
+    """The KL coefficient beta the rewards were shaped with."""
+    mean_sequence_kl: float | None = None
+    """Mean over rows of the summed per-token KL to the reference, when measured."""
 
     def as_single_steps(self) -> PPORollout:
         valid = self.segments.mask.bool()
-        return PPORollout(
+        return dataclasses.replace(
+            self,
             segments=self.segments.as_single_steps(),
-            **{
-                name: getattr(self, name)[valid].unsqueeze(1)
-                for name in ("old_log_probs", "old_values", "advantages", "returns")
-            },
+            **{name: getattr(self, name)[valid].unsqueeze(1) for name in _PER_STEP_FIELDS},
         )
 
     def select(self, rows: torch.Tensor) -> PPORollout:
-        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        return PPORollout(
-            **{
-                name: value.select(rows) if name == "segments" else value[rows]
-                for name, value in fields.items()
-            }
+        return dataclasses.replace(
+            self,
+            segments=self.segments.select(rows),
+            **{name: getattr(self, name)[rows] for name in _PER_STEP_FIELDS},
         )
 
 
@@ -76,6 +80,10 @@ class PPOTrainingStats(TrainingStats):
     clip_epsilon: float
     gradient_steps: int
     epochs_completed: int
+    kl_coef: float
+    """The KL coefficient beta of this update's reward shaping (0 without a penalty)."""
+    sequence_kl: float | None
+    """Mean KL to the reference per row (per response), when measured."""
 
 
 class PPO(OnPolicyAlgorithm[Policy]):
@@ -103,6 +111,10 @@ class PPO(OnPolicyAlgorithm[Policy]):
         normalize_advantages: bool = True,
         target_kl: float | None = None,
         annealing_updates: int | None = None,
+        kl_coef: float = 0.0,
+        kl_estimator: KLEstimator = "k1",
+        adaptive_kl: AdaptiveKLController | None = None,
+        whiten_rewards: bool = False,
     ) -> None:
         """
         :param policy: a Tianshou policy that also implements ``SegmentPolicy``.
@@ -119,6 +131,13 @@ class PPO(OnPolicyAlgorithm[Policy]):
         :param target_kl: stop the update's epochs once a minibatch's approx KL exceeds it.
         :param annealing_updates: linearly anneal learning rate and clip range to 0 over this
             many updates (CleanRL's ``anneal_lr``, rl-zoo's ``lin_`` schedules), or None.
+        :param kl_coef: beta of the per-token penalty ``-beta * KL(pi || pi_ref)`` on the
+            rewards (RLHF; Llama 2 uses 0.01); needs reference log-probs from the env.
+        :param kl_estimator: ``k1`` (default) or ``k3`` for the per-token KL.
+        :param adaptive_kl: a controller that owns beta and steers the KL to a target
+            (replaces ``kl_coef``).
+        :param whiten_rewards: scale the shaped per-token rewards to unit variance (masked,
+            mean kept) before GAE.
         """
         super().__init__(policy=policy)
         if not isinstance(policy, SegmentPolicy):
@@ -148,6 +167,10 @@ class PPO(OnPolicyAlgorithm[Policy]):
         self.normalize_advantages = normalize_advantages
         self.target_kl = target_kl
         self.annealing_updates = annealing_updates
+        self.kl_coef = kl_coef
+        self.kl_estimator = kl_estimator
+        self.adaptive_kl = adaptive_kl
+        self.whiten_rewards = whiten_rewards
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
         self._initial_learning_rates = [group["lr"] for group in self._torch_optimizer.param_groups]
 
@@ -172,8 +195,9 @@ class PPO(OnPolicyAlgorithm[Policy]):
                 if evaluation.next_values is not None
                 else self.policy.bootstrap_values(segments)
             )
+        rewards, kl_coef, sequence_kl = self._shaped_rewards(segments, evaluation.log_probs)
         advantages, returns = masked_gae(
-            segments.rewards,
+            rewards,
             evaluation.values,
             next_values,
             segments.terminated,
@@ -188,7 +212,33 @@ class PPO(OnPolicyAlgorithm[Policy]):
             old_values=evaluation.values,
             advantages=advantages,
             returns=returns,
+            kl_coef=kl_coef,
+            mean_sequence_kl=sequence_kl,
         )
+
+    def _shaped_rewards(
+        self, segments: RowBatch, log_probs: torch.Tensor
+    ) -> tuple[torch.Tensor, float, float | None]:
+        """Rewards after the KL penalty and optional whitening; beta; mean sequence KL."""
+        rewards = segments.rewards
+        kl_coef = self.adaptive_kl.value if self.adaptive_kl is not None else self.kl_coef
+        sequence_kl = None
+        if kl_coef > 0 or self.adaptive_kl is not None:
+            reference = segments.reference_log_probs
+            if reference is None or torch.isnan(reference[segments.mask.bool()]).any():
+                raise ValueError(
+                    "a KL penalty needs the actions' reference log-probs: give the text "
+                    "environment a reference_model"
+                )
+            rewards, per_token_kl = kl_shaped_rewards(
+                rewards, log_probs, reference, segments.mask, kl_coef, self.kl_estimator
+            )
+            sequence_kl = per_token_kl.sum(1).mean().item()
+            if self.adaptive_kl is not None:
+                self.adaptive_kl.update(sequence_kl, segments.num_rows)
+        if self.whiten_rewards:
+            rewards = masked_whiten(rewards, segments.mask, shift_mean=False)
+        return rewards, kl_coef, sequence_kl
 
     def _update_with_batch(
         self, batch: PPORollout, batch_size: int | None, repeat: int
@@ -253,7 +303,7 @@ class PPO(OnPolicyAlgorithm[Policy]):
             batch.old_values, batch.returns, batch.segments.mask
         ).item()
         return self._training_stats(
-            metrics, fraction, clip_epsilon, epochs_completed, rollout_explained_variance
+            metrics, fraction, clip_epsilon, epochs_completed, rollout_explained_variance, batch
         )
 
     def _training_stats(
@@ -263,6 +313,7 @@ class PPO(OnPolicyAlgorithm[Policy]):
         clip_epsilon: float,
         epochs_completed: int,
         rollout_explained_variance: float,
+        rollout: PPORollout,
     ) -> PPOTrainingStats:
         if metrics:
             means = {
@@ -292,4 +343,6 @@ class PPO(OnPolicyAlgorithm[Policy]):
             clip_epsilon=clip_epsilon,
             gradient_steps=len(metrics),
             epochs_completed=epochs_completed,
+            kl_coef=rollout.kl_coef,
+            sequence_kl=rollout.mean_sequence_kl,
         )

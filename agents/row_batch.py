@@ -12,13 +12,16 @@ class RowBatch:
     """A frozen dataclass of tensors that all start with the row dimension ``B``.
 
     Subclasses carry at least ``rewards``, ``terminated``, ``truncated`` and ``mask``,
-    all ``(B, T)``: what GAE needs. The rest (observations, tokens) is for the policy.
+    all ``(B, T)``: what GAE needs; and ``reference_log_probs`` ``(B, T)`` (or None),
+    the actions' log-probs under a frozen reference policy, for a KL penalty. The rest
+    (observations, tokens) is for the policy.
     """
 
     rewards: torch.Tensor
     terminated: torch.Tensor
     truncated: torch.Tensor
     mask: torch.Tensor
+    reference_log_probs: torch.Tensor | None
 
     @property
     def num_rows(self) -> int:
@@ -36,4 +39,6 @@ class RowBatch:
     def _mapped(self, transform: Callable[[torch.Tensor], torch.Tensor]) -> RowBatch:
         assert dataclasses.is_dataclass(self)
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        return type(self)(**{name: transform(value) for name, value in fields.items()})
+        return type(self)(
+            **{name: None if value is None else transform(value) for name, value in fields.items()}
+        )

@@ -43,6 +43,8 @@ class Segments(RowBatch):
     """``(B, T)`` bool: the episode was cut at ``t`` (bootstrap from ``V(s'_t)``)."""
     mask: torch.Tensor
     """``(B, T)`` float, 1 on real steps and 0 on padding."""
+    reference_log_probs: torch.Tensor | None = None
+    """Log-probs of the actions under a reference policy, when the env reports them."""
 
 
 def buffer_rows(buffer: ReplayBuffer) -> list[np.ndarray]:

@@ -13,8 +13,10 @@ reward with k1 of (policy || reference) by default, k3 as an option.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 
 KLEstimator = Literal["k1", "k2", "k3"]
@@ -32,3 +34,26 @@ def kl_estimate(
     if estimator == "k3":
         return torch.expm1(-log_ratio) + log_ratio
     raise ValueError(f"unknown KL estimator {estimator!r}; use 'k1', 'k2' or 'k3'")
+
+
+@dataclass
+class AdaptiveKLController:
+    """The adaptive KL coefficient of Ziegler et al. 2019, "Fine-Tuning Language Models from
+    Human Preferences", arXiv:1909.08593, section 2.2:
+
+        e = clip(KL / target - 1, -0.2, 0.2);   beta <- beta * (1 + e * n / horizon)
+
+    where ``n`` is the number of sequences the KL was measured on.
+    """
+
+    value: float
+    """The current coefficient beta."""
+    target: float
+    """The KL (nats per sequence) to steer towards."""
+    horizon: int
+    """Sequences over which beta may change by about 20%."""
+
+    def update(self, current_kl: float, num_sequences: int) -> float:
+        error = float(np.clip(current_kl / self.target - 1.0, -0.2, 0.2))
+        self.value *= 1.0 + error * num_sequences / self.horizon
+        return self.value
