@@ -64,7 +64,6 @@ import torch
 import transformers
 import trl
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from torch.optim.lr_scheduler import LambdaLR
 from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 
@@ -72,13 +71,14 @@ from textrl.chat import format_prompt
 from textrl.jsonl import write_jsonl_atomically
 from textrl.lm_losses import MARGINS, margin_ranking_loss, margins_for
 from textrl.models import load_causal_lm, model_directory, tiny_llama
+from textrl.optim import adamw_with_cosine
 from textrl.reward_model import (
     RewardModelConfig,
     encode_pairs,
     load_reward_model,
     train_reward_model,
 )
-from textrl.sft import SFTConfig, cosine_with_warmup, train_sft
+from textrl.sft import SFTConfig, train_sft
 from textrl.sft_data import PackedSequences, TokenizedExample, pack, tokenize_conversation
 from textrl.tokenization import build_char_tokenizer
 from textrl.world.annotator import RATINGS
@@ -93,7 +93,7 @@ LEARNING_RATES = {"tiny": 1e-3, "smollm2": 1e-5}
 """Peak learning rate per model, the same for SFT and RM and for every system."""
 WEIGHT_DECAY = 0.1
 WARMUP_FRACTION = 0.03
-"""textrl's defaults, passed to it explicitly and mirrored by ``textrl_optimizer``."""
+"""textrl's defaults, passed to it explicitly and to ``adamw_with_cosine`` for the others."""
 MARGIN_TABLE = "small"
 CATEGORY = "helpfulness"
 SEED = 0
@@ -325,25 +325,6 @@ def build_workload(
     )
 
 
-def textrl_optimizer(
-    model: PreTrainedModel, learning_rate: float, total_steps: int
-) -> tuple[torch.optim.AdamW, LambdaLR]:
-    """The AdamW and schedule that ``train_sft`` and ``train_reward_model`` build."""
-    decay = [p for name, p in model.named_parameters() if p.ndim >= 2 and "norm" not in name]
-    no_decay = [p for name, p in model.named_parameters() if p.ndim < 2 or "norm" in name]
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": WEIGHT_DECAY},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
-        lr=learning_rate,
-        betas=(0.9, 0.95),
-        eps=1e-5,
-    )
-    warmup_steps = max(1, round(WARMUP_FRACTION * total_steps))
-    return optimizer, LambdaLR(optimizer, cosine_with_warmup(total_steps, warmup_steps))
-
-
 def tensorboard_step_ends(log_dir: Path, tag: str) -> list[float]:
     """Wall-clock stamps of the scalar ``tag``, logged once per step at the step's end."""
     accumulator = EventAccumulator(str(log_dir))
@@ -472,7 +453,9 @@ def run_trl_sft(workload: Workload) -> Run:
             ),
             train_dataset=dataset,
             processing_class=tokenizer,
-            optimizers=textrl_optimizer(model, workload.learning_rate, workload.steps),
+            optimizers=adamw_with_cosine(
+                model, workload.learning_rate, WEIGHT_DECAY, workload.steps, WARMUP_FRACTION
+            ),
             callbacks=[clock],
         )
         return run_trl_trainer(trainer, clock)
@@ -500,7 +483,9 @@ def run_trl_rm(workload: Workload) -> Run:
             args=trl.RewardConfig(**trl_arguments(workload, output_dir)),
             train_dataset=dataset,
             processing_class=tokenizer,
-            optimizers=textrl_optimizer(model, workload.learning_rate, workload.steps),
+            optimizers=adamw_with_cosine(
+                model, workload.learning_rate, WEIGHT_DECAY, workload.steps, WARMUP_FRACTION
+            ),
             callbacks=[clock],
         )
         return run_trl_trainer(trainer, clock)
@@ -516,7 +501,9 @@ def train_bare(
     learning_rate: float,
 ) -> list[tuple[float, float]]:
     """Forward, backward and AdamW step per batch; ``(end time, loss)`` per step."""
-    optimizer, scheduler = textrl_optimizer(model, learning_rate, len(batches))
+    optimizer, scheduler = adamw_with_cosine(
+        model, learning_rate, WEIGHT_DECAY, len(batches), WARMUP_FRACTION
+    )
     model.train()
     records = []
     for batch in batches:

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 from transformers import (
@@ -31,7 +30,8 @@ from transformers import (
 from textrl.chat import format_prompt
 from textrl.lm_losses import MarginTable, margin_ranking_loss, margins_for
 from textrl.models import ensure_distinct_padding, model_directory
-from textrl.sft import cosine_with_warmup, save_checkpoint
+from textrl.optim import adamw_with_cosine
+from textrl.sft import save_checkpoint
 from textrl.world.annotator import RATINGS
 from textrl.world.preferences import PreferencePair, read_preferences
 
@@ -158,22 +158,10 @@ def train_reward_model(config: RewardModelConfig) -> RewardModelResult:
     if not pairs:
         raise ValueError(f"{config.train}: no pairs of category {config.category!r}")
     model, tokenizer = load_reward_model(config.policy, config.device)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "norm" not in n]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "norm" in n]
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": config.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
-        lr=config.learning_rate,
-        betas=(0.9, 0.95),
-        eps=1e-5,
-    )
     steps_per_epoch = math.ceil(len(pairs) / config.batch_size)
     total_steps = config.epochs * steps_per_epoch
-    scheduler = LambdaLR(
-        optimizer,
-        cosine_with_warmup(total_steps, max(1, round(config.warmup_fraction * total_steps))),
+    optimizer, scheduler = adamw_with_cosine(
+        model, config.learning_rate, config.weight_decay, total_steps, config.warmup_fraction
     )
     writer = SummaryWriter(str(config.output_dir / "tensorboard"))
     result = RewardModelResult(checkpoint=Path())

@@ -24,6 +24,9 @@ def kl_shaped_rewards(
     estimator: KLEstimator = "k1",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(shaped rewards, per-token KL)``, both ``(B, T)`` and zero on padding."""
-    per_token_kl = torch.where(mask.bool(), kl_estimate(log_probs, reference_log_probs, estimator),
-                               torch.zeros_like(log_probs))
+    per_token_kl = torch.where(
+        mask.bool(),
+        kl_estimate(log_probs, reference_log_probs, estimator),
+        torch.zeros_like(log_probs),
+    )
     return (rewards - kl_coef * per_token_kl) * mask, per_token_kl

@@ -17,18 +17,17 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from textrl.lm_losses import prompt_masked_lm_loss
 from textrl.models import load_causal_lm
+from textrl.optim import adamw_with_cosine
 from textrl.sft_data import pack, packed_attention_mask, read_conversations, tokenize_conversation
 
 logger = logging.getLogger(__name__)
@@ -109,18 +108,6 @@ def save_checkpoint(
     return target
 
 
-def cosine_with_warmup(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
-    """Learning-rate factor: linear warm-up over ``warmup_steps``, then cosine to 0."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
-
-
 def train_sft(config: SFTConfig, stop_after_steps: int | None = None) -> SFTResult:
     """Train (or resume) an SFT run; ``stop_after_steps`` ends early, as a kill would."""
     config.output_dir.mkdir(parents=True, exist_ok=True)
@@ -136,21 +123,8 @@ def train_sft(config: SFTConfig, stop_after_steps: int | None = None) -> SFTResu
     sequences_per_step = config.batch_size * config.gradient_accumulation
     steps_per_epoch = math.ceil(len(packed.input_ids) / sequences_per_step)
     total_steps = config.epochs * steps_per_epoch
-    decay, no_decay = [], []
-    for name, parameter in model.named_parameters():
-        (no_decay if parameter.ndim < 2 or "norm" in name else decay).append(parameter)
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": config.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
-        lr=config.learning_rate,
-        betas=(0.9, 0.95),
-        eps=1e-5,
-    )
-    scheduler = LambdaLR(
-        optimizer,
-        cosine_with_warmup(total_steps, max(1, round(config.warmup_fraction * total_steps))),
+    optimizer, scheduler = adamw_with_cosine(
+        model, config.learning_rate, config.weight_decay, total_steps, config.warmup_fraction
     )
     step = 0
     if previous:
