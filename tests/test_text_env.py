@@ -119,6 +119,13 @@ def test_prompts_from_a_jsonl_file_and_too_long_prompts(tmp_path):
             env.reset(seed=seed)
 
 
+def test_prompts_from_a_generator_are_read_in_order_until_it_runs_out():
+    env = make_env(prompts=(prompt for prompt in ["abc", "de"]))
+    assert [env.reset(seed=0)[1]["prompt"], env.reset()[1]["prompt"]] == ["abc", "de"]
+    with pytest.raises(ValueError, match="the prompt iterator ran out"):
+        env.reset()
+
+
 def test_reference_log_probs_equal_a_full_forward_of_the_reference_model():
     reference = tiny_model(seed=1)
     env = TextGenerationVectorEnv(
