@@ -38,6 +38,7 @@ from functools import partial
 from pathlib import Path
 
 import torch
+from arguments import comma_separated_choices
 from tianshou.algorithm.algorithm_base import policy_within_training_step
 from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -367,17 +368,6 @@ def markdown_report(rows: list[Row], repeats: int, threads: int, rss_resettable:
     return "\n".join(lines)
 
 
-def parse_models(value: str) -> list[str]:
-    """The comma-separated model names, validated."""
-    models = [name.strip() for name in value.split(",") if name.strip()]
-    unknown = [name for name in models if name not in MODELS]
-    if unknown or not models:
-        raise argparse.ArgumentTypeError(
-            f"unknown or missing model(s) {unknown or value!r}; choose from {', '.join(MODELS)}"
-        )
-    return models
-
-
 def parse_batches(value: str) -> list[int]:
     """The comma-separated batch sizes, each a positive integer."""
     try:
@@ -395,7 +385,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--models", type=parse_models, default=list(MODELS), help="comma-separated subset"
+        "--models",
+        type=comma_separated_choices(MODELS),
+        default=list(MODELS),
+        help="comma-separated subset",
     )
     parser.add_argument(
         "--batches", type=parse_batches, default=[1, 8, 32], help="comma-separated batch sizes"

@@ -63,6 +63,7 @@ import datasets
 import torch
 import transformers
 import trl
+from arguments import comma_separated_choices
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
@@ -711,17 +712,6 @@ def markdown_report(rows: list[Row], repeats: int) -> str:
     return "\n".join(lines)
 
 
-def parse_models(value: str) -> list[str]:
-    """The comma-separated model names, validated."""
-    models = [name.strip() for name in value.split(",") if name.strip()]
-    unknown = [name for name in models if name not in MODELS]
-    if unknown or not models:
-        raise argparse.ArgumentTypeError(
-            f"unknown or missing model(s) {unknown or value!r}; choose from {', '.join(MODELS)}"
-        )
-    return models
-
-
 def positive_int(value: str) -> int:
     """A positive integer option."""
     number = int(value)
@@ -734,7 +724,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--models", type=parse_models, default=["tiny"], help="comma-separated: tiny,smollm2"
+        "--models",
+        type=comma_separated_choices(MODELS),
+        default=["tiny"],
+        help="comma-separated: tiny,smollm2",
     )
     parser.add_argument(
         "--steps", type=positive_int, default=5, help="timed optimizer steps (after 1 warm-up)"
