@@ -18,9 +18,10 @@ from tests.text_fixtures import TOKENIZER, tiny_model
 from textrl.combined_reward import CombinedReward, Whitening, gated_score
 from textrl.jsonl import DataFormatError
 from textrl.lm_losses import IGNORE_INDEX, margin_ranking_loss, margins_for, prompt_masked_lm_loss
-from textrl.reward_model import load_reward_model
+from textrl.reward_model import accuracy_by_rating, load_reward_model
 from textrl.sft import SFTConfig, checkpoints, train_sft
 from textrl.sft_data import pack, packed_attention_mask, read_conversations, tokenize_conversation
+from textrl.world.preferences import PreferencePair
 
 
 def conversation(prompt: str, answer: str) -> list[dict[str, str]]:
@@ -209,3 +210,25 @@ def test_the_combined_reward_is_a_batched_reward_function_the_text_env_accepts(t
     a = TOKENIZER.convert_tokens_to_ids("a")
     results = [env.step(a) for _ in range(3)]
     assert results[-1][3] and results[-1][1] == pytest.approx(reward(["abc"], ["aaa"])[0])
+
+
+def test_reward_model_accuracy_counts_identical_responses_as_a_coin_flip(tmp_path):
+    directory = tmp_path / "rm"
+    tiny_model(seed=3).save_pretrained(directory)
+    TOKENIZER.save_pretrained(directory)
+    model, tokenizer = load_reward_model(directory)
+    same = PreferencePair(
+        prompt="abc",
+        chosen="cba",
+        rejected="cba",
+        rating="better",
+        category="helpfulness",
+        is_safety=False,
+        chosen_model="a",
+        rejected_model="b",
+    )
+    different = dataclasses.replace(same, rejected="hhhh", rating="significantly better")
+    accuracy = accuracy_by_rating(model, tokenizer, [same, different])
+    assert accuracy["better"] == 0.5
+    assert accuracy["significantly better"] in (0.0, 1.0)
+    assert accuracy["overall"] == pytest.approx((0.5 + accuracy["significantly better"]) / 2)

@@ -132,8 +132,9 @@ def accuracy_by_rating(
     batch_size: int = 64,
     max_length: int = 256,
 ) -> dict[str, float]:
-    """Share of pairs where ``r(chosen) > r(rejected)``, per rating and ``"overall"``."""
-    correct: dict[str, list[bool]] = defaultdict(list)
+    """Share of pairs where ``r(chosen) > r(rejected)`` (ties count half), per rating and
+    ``"overall"``."""
+    correct: dict[str, list[float]] = defaultdict(list)
     for start in range(0, len(pairs), batch_size):
         batch = pairs[start : start + batch_size]
         prompts = [p.prompt for p in batch] * 2
@@ -144,7 +145,9 @@ def accuracy_by_rating(
             [p.chosen for p in batch] + [p.rejected for p in batch],
             max_length,
         )
-        wins = (rewards[: len(batch)] > rewards[len(batch) :]).tolist()
+        chosen, rejected = rewards[: len(batch)], rewards[len(batch) :]
+        # equal rewards (identical responses) are a coin flip, as for the Bayes ceiling
+        wins = torch.where(chosen == rejected, 0.5, (chosen > rejected).float()).tolist()
         for pair, win in zip(batch, wins, strict=True):
             correct[pair.rating].append(win)
             correct["overall"].append(win)
