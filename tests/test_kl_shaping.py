@@ -8,10 +8,8 @@ from tianshou.algorithm.algorithm_base import policy_within_training_step
 from tianshou.algorithm.optim import AdamOptimizerFactory
 
 from agents import PPO
-from agents.lm_policy import LMActorCriticPolicy
 from agents.text_collector import TextCollector
-from envs.text_generation import TextGenerationVectorEnv
-from tests.text_fixtures import PROMPTS, TOKENIZER, length_reward, tiny_model
+from tests.text_fixtures import text_env_and_policy
 from textrl.kl import AdaptiveKLController
 from textrl.reward_shaping import kl_shaped_rewards
 
@@ -37,21 +35,8 @@ def test_the_adaptive_controller_raises_beta_above_the_target_and_lowers_it_belo
 
 
 def rollout(policy_seed: int, reference_seed: int, **ppo_options):
-    torch.manual_seed(0)
-    env = TextGenerationVectorEnv(
-        4,
-        tokenizer=TOKENIZER,
-        prompts=PROMPTS,
-        reward_fn=length_reward,
-        max_new_tokens=5,
-        max_prompt_tokens=8,
-        reference_model=tiny_model(seed=reference_seed),
-    )
-    policy = LMActorCriticPolicy(
-        model=tiny_model(seed=policy_seed),
-        observation_space=env.single_observation_space,
-        action_space=env.single_action_space,
-        max_prompt_tokens=8,
+    env, policy = text_env_and_policy(
+        max_new_tokens=5, policy_seed=policy_seed, reference_seed=reference_seed
     )
     algorithm = PPO(policy=policy, optim=AdamOptimizerFactory(lr=1e-3), gamma=1.0, **ppo_options)
     collector = TextCollector(algorithm, env, seed=0)
@@ -77,20 +62,7 @@ def test_the_adaptive_controller_inside_ppo_updates_beta_from_the_measured_kl():
 
 
 def test_a_kl_penalty_without_reference_log_probs_is_explained():
-    env = TextGenerationVectorEnv(
-        2,
-        tokenizer=TOKENIZER,
-        prompts=PROMPTS,
-        reward_fn=length_reward,
-        max_new_tokens=3,
-        max_prompt_tokens=8,
-    )
-    policy = LMActorCriticPolicy(
-        model=tiny_model(),
-        observation_space=env.single_observation_space,
-        action_space=env.single_action_space,
-        max_prompt_tokens=8,
-    )
+    env, policy = text_env_and_policy(num_envs=2, max_new_tokens=3, reference_seed=None)
     algorithm = PPO(policy=policy, optim=AdamOptimizerFactory(lr=1e-3), kl_coef=0.01)
     collector = TextCollector(algorithm, env, seed=0)
     with policy_within_training_step(policy), pytest.raises(ValueError, match="reference_model"):

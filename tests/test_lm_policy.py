@@ -15,32 +15,14 @@ from agents import PPO
 from agents.episode_buffer import EpisodeBuffer
 from agents.lm_policy import LMActorCriticPolicy
 from agents.text_collector import TextCollector
-from envs.text_generation import TextGenerationVectorEnv
-from tests.text_fixtures import PROMPTS, TOKENIZER, length_reward, tiny_model
+from tests.text_fixtures import TOKENIZER, text_env_and_policy, tiny_model
 from textrl.decoding import IncrementalDecoder
 from textrl.models import tiny_llama
 from textrl.sampling import SamplingConfig, filter_logits, sample_next_tokens
 
 
-def build(num_envs: int = 4, max_new_tokens: int = 6, sampling: SamplingConfig | None = None):
-    torch.manual_seed(0)
-    env = TextGenerationVectorEnv(
-        num_envs,
-        tokenizer=TOKENIZER,
-        prompts=PROMPTS,
-        reward_fn=length_reward,
-        max_new_tokens=max_new_tokens,
-        max_prompt_tokens=8,
-        reference_model=tiny_model(seed=1),
-    )
-    policy = LMActorCriticPolicy(
-        model=tiny_model(),
-        observation_space=env.single_observation_space,
-        action_space=env.single_action_space,
-        max_prompt_tokens=8,
-        sampling=sampling or SamplingConfig(temperature=0.7),
-    )
-    return env, policy
+def build(num_envs: int = 4, max_new_tokens: int = 6):
+    return text_env_and_policy(num_envs, max_new_tokens, sampling=SamplingConfig(temperature=0.7))
 
 
 def test_incremental_decoding_equals_a_full_forward_for_left_padded_batches():
