@@ -158,7 +158,11 @@ class LMActorCriticPolicy(Policy):
         )
         return output.hidden_states[-1], (output.logits if with_logits else None)
 
-    def evaluate_segments(self, segments: TokenSegments) -> SegmentEvaluation:
+    def _response_logits(
+        self, segments: TokenSegments
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One forward over prompt + response: (logits predicting each response token
+        ``(B, T, V)``, final hidden states ``(B, P+T, H)``, ids, mask)."""
         prompt_length = segments.prompt_ids.shape[1]
         response_length = segments.response_ids.shape[1]
         ids = torch.cat([segments.prompt_ids, segments.response_ids], dim=1)  # (B, P+T)
@@ -166,7 +170,21 @@ class LMActorCriticPolicy(Policy):
         hidden, logits = self._hidden_and_logits(self.model, ids, mask, with_logits=True)
         assert logits is not None
         # position P-1+t holds the state before response token t
-        predicting = logits[:, prompt_length - 1 : prompt_length + response_length - 1]  # (B,T,V)
+        predicting = logits[:, prompt_length - 1 : prompt_length + response_length - 1]
+        return predicting, hidden, ids, mask
+
+    def log_likelihoods(self, segments: TokenSegments) -> torch.Tensor:
+        """``log p(a_t | s_t)`` of each response token at temperature 1, with gradients,
+        ``(B, T)``: the prompt-masked likelihood that fine-tuning (rejection sampling)
+        maximises."""
+        predicting, _, _, _ = self._response_logits(segments)
+        log_probs_all = torch.log_softmax(predicting.float(), dim=-1)
+        return log_probs_all.gather(-1, segments.response_ids[..., None]).squeeze(-1)
+
+    def evaluate_segments(self, segments: TokenSegments) -> SegmentEvaluation:
+        prompt_length = segments.prompt_ids.shape[1]
+        response_length = segments.response_ids.shape[1]
+        predicting, hidden, ids, mask = self._response_logits(segments)
         log_probs_all = scaled_log_probs(predicting, self.sampling.temperature)
         log_probs = log_probs_all.gather(-1, segments.response_ids[..., None]).squeeze(-1)
         entropy = -(log_probs_all.exp() * log_probs_all).sum(-1)
