@@ -15,6 +15,8 @@ value of the state before it; the value one position later is ``V(s'_t)``.
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 from gymnasium import spaces
@@ -43,6 +45,7 @@ class LMActorCriticPolicy(Policy):
         critic_model: PreTrainedModel | None = None,
         deterministic_eval: bool = True,
         eos_token_id: int | None = None,
+        reference_model: PreTrainedModel | None = None,
     ) -> None:
         """
         :param model: the policy LM (any HF causal LM).
@@ -54,6 +57,9 @@ class LMActorCriticPolicy(Policy):
             None shares the policy's backbone.
         :param deterministic_eval: greedy decoding outside training steps.
         :param eos_token_id: the env's EOS (its tokenizer's); by default the model config's.
+        :param reference_model: the frozen reference of RLHF's KL term, scored in one no-grad
+            pass over finished episodes (``reference_log_probs``). Left out with a ``peft``
+            LoRA model, the reference is the same model with its adapter disabled.
         """
         super().__init__(
             action_space=action_space,
@@ -76,6 +82,8 @@ class LMActorCriticPolicy(Policy):
             )
         self.sampling = sampling or SamplingConfig()
         self.deterministic_eval = deterministic_eval
+        # a plain list keeps the reference out of parameters(), the optimizer and state_dict
+        self._reference_models = [] if reference_model is None else [reference_model.eval()]
         self.scores_steps_independently = False
         self._decoder = IncrementalDecoder(model, output_hidden_states=critic_model is None)
         self._seen_ids: np.ndarray | None = None
@@ -159,15 +167,16 @@ class LMActorCriticPolicy(Policy):
         return output.hidden_states[-1], (output.logits if with_logits else None)
 
     def _response_logits(
-        self, segments: TokenSegments
+        self, segments: TokenSegments, model: PreTrainedModel | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One forward over prompt + response: (logits predicting each response token
-        ``(B, T, V)``, final hidden states ``(B, P+T, H)``, ids, mask)."""
+        """One forward of ``model`` (the policy's by default) over prompt + response: (logits
+        predicting each response token ``(B, T, V)``, final hidden states ``(B, P+T, H)``,
+        ids, mask)."""
         prompt_length = segments.prompt_ids.shape[1]
         response_length = segments.response_ids.shape[1]
         ids = torch.cat([segments.prompt_ids, segments.response_ids], dim=1)  # (B, P+T)
         mask = torch.cat([segments.prompt_mask, segments.mask.long()], dim=1)
-        hidden, logits = self._hidden_and_logits(self.model, ids, mask, with_logits=True)
+        hidden, logits = self._hidden_and_logits(model or self.model, ids, mask, with_logits=True)
         assert logits is not None
         # position P-1+t holds the state before response token t
         predicting = logits[:, prompt_length - 1 : prompt_length + response_length - 1]
@@ -179,6 +188,25 @@ class LMActorCriticPolicy(Policy):
         maximises."""
         predicting, _, _, _ = self._response_logits(segments)
         log_probs_all = torch.log_softmax(predicting.float(), dim=-1)
+        return log_probs_all.gather(-1, segments.response_ids[..., None]).squeeze(-1)
+
+    def _reference_context(self) -> tuple[PreTrainedModel, contextlib.AbstractContextManager]:
+        if self._reference_models:
+            return self._reference_models[0], contextlib.nullcontext()
+        if hasattr(self.model, "disable_adapter"):  # a peft model: the base weights
+            return self.model, self.model.disable_adapter()
+        raise ValueError(
+            "this policy has no reference: pass reference_model= (or use a LoRA model, whose "
+            "reference is the base weights)"
+        )
+
+    @torch.no_grad()
+    def reference_log_probs(self, segments: TokenSegments) -> torch.Tensor:
+        """``log pi_ref`` of each response token at the sampling temperature, ``(B, T)``."""
+        reference, context = self._reference_context()
+        with context:
+            predicting, _, _, _ = self._response_logits(segments, reference)
+        log_probs_all = scaled_log_probs(predicting, self.sampling.temperature)
         return log_probs_all.gather(-1, segments.response_ids[..., None]).squeeze(-1)
 
     def evaluate_segments(self, segments: TokenSegments) -> SegmentEvaluation:

@@ -20,7 +20,7 @@ from tianshou.algorithm.optim import OptimizerFactory
 from tianshou.data import Batch, ReplayBuffer
 
 from agents.row_batch import RowBatch
-from agents.segment_policy import SegmentPolicy
+from agents.segment_policy import ReferenceScoringPolicy, SegmentPolicy
 from agents.segments import segments_from_buffer
 from textrl.gae import masked_gae
 from textrl.kl import AdaptiveKLController, KLEstimator
@@ -115,6 +115,7 @@ class PPO(OnPolicyAlgorithm[Policy]):
         kl_estimator: KLEstimator = "k1",
         adaptive_kl: AdaptiveKLController | None = None,
         whiten_rewards: bool = False,
+        gradient_accumulation_steps: int = 1,
     ) -> None:
         """
         :param policy: a Tianshou policy that also implements ``SegmentPolicy``.
@@ -138,6 +139,9 @@ class PPO(OnPolicyAlgorithm[Policy]):
             (replaces ``kl_coef``).
         :param whiten_rewards: scale the shaped per-token rewards to unit variance (masked,
             mean kept) before GAE.
+        :param gradient_accumulation_steps: split each minibatch into this many micro-batches
+            whose gradients add up to the minibatch's (token-weighted, so the step equals one
+            pass over the whole minibatch); bounds activation memory for long sequences.
         """
         super().__init__(policy=policy)
         if not isinstance(policy, SegmentPolicy):
@@ -155,8 +159,14 @@ class PPO(OnPolicyAlgorithm[Policy]):
                     "give either annealing_updates or an lr scheduler factory, not both"
                 )
             self.lr_schedulers.append(lr_scheduler)
+        if gradient_accumulation_steps < 1:
+            raise ValueError(
+                f"gradient_accumulation_steps must be >= 1, got {gradient_accumulation_steps}"
+            )
         self.optim = self.Optimizer(self._torch_optimizer, policy, max_grad_norm=max_grad_norm)
         self._optimizers.append(self.optim)
+        self.max_grad_norm = max_grad_norm
+        self.gradient_accumulation_steps = gradient_accumulation_steps
         self.gamma = gamma
         self.gae_lambda = gae_lambda
         self.clip_epsilon = clip_epsilon
@@ -195,7 +205,10 @@ class PPO(OnPolicyAlgorithm[Policy]):
                 if evaluation.next_values is not None
                 else self.policy.bootstrap_values(segments)
             )
-        rewards, kl_coef, sequence_kl = self._shaped_rewards(segments, evaluation.log_probs)
+            reference_log_probs = self._reference_log_probs(segments)
+        rewards, kl_coef, sequence_kl = self._shaped_rewards(
+            segments, evaluation.log_probs, reference_log_probs
+        )
         advantages, returns = masked_gae(
             rewards,
             evaluation.values,
@@ -216,19 +229,32 @@ class PPO(OnPolicyAlgorithm[Policy]):
             mean_sequence_kl=sequence_kl,
         )
 
+    @property
+    def _penalises_kl(self) -> bool:
+        return self.kl_coef > 0 or self.adaptive_kl is not None
+
+    def _reference_log_probs(self, segments: RowBatch) -> torch.Tensor | None:
+        """``log pi_ref`` of the actions: from the env when it stored them, else one no-grad
+        pass of the policy's reference (``ReferenceScoringPolicy``), else None."""
+        reference = segments.reference_log_probs
+        if reference is not None and not torch.isnan(reference[segments.mask.bool()]).any():
+            return reference
+        if self._penalises_kl and isinstance(self.policy, ReferenceScoringPolicy):
+            return self.policy.reference_log_probs(segments)
+        return None
+
     def _shaped_rewards(
-        self, segments: RowBatch, log_probs: torch.Tensor
+        self, segments: RowBatch, log_probs: torch.Tensor, reference: torch.Tensor | None
     ) -> tuple[torch.Tensor, float, float | None]:
         """Rewards after the KL penalty and optional whitening; beta; mean sequence KL."""
         rewards = segments.rewards
         kl_coef = self.adaptive_kl.value if self.adaptive_kl is not None else self.kl_coef
         sequence_kl = None
-        if kl_coef > 0 or self.adaptive_kl is not None:
-            reference = segments.reference_log_probs
-            if reference is None or torch.isnan(reference[segments.mask.bool()]).any():
+        if self._penalises_kl:
+            if reference is None:
                 raise ValueError(
                     "a KL penalty needs the actions' reference log-probs: give the text "
-                    "environment a reference_model"
+                    "environment or the policy a reference_model"
                 )
             rewards, per_token_kl = kl_shaped_rewards(
                 rewards, log_probs, reference, segments.mask, kl_coef, self.kl_estimator
@@ -258,43 +284,15 @@ class PPO(OnPolicyAlgorithm[Policy]):
         stop = False
         for _ in range(repeat):
             for rows in torch.randperm(num_rows).split(rows_per_minibatch):
-                minibatch = batch.select(rows)
-                mask = minibatch.segments.mask
-                evaluation = self.policy.evaluate_segments(minibatch.segments)
-                advantages = (
-                    masked_whiten(minibatch.advantages, mask)
-                    if self.normalize_advantages
-                    else minibatch.advantages
-                )
-                policy_loss, step_metrics = clipped_surrogate_loss(
-                    evaluation.log_probs,
-                    minibatch.old_log_probs,
-                    advantages,
-                    mask,
-                    clip_epsilon,
-                    self.dual_clip,
-                )
+                step_metrics = self._accumulate_gradients(batch.select(rows), clip_epsilon)
                 if self.target_kl is not None and step_metrics["policy/approxkl"] > self.target_kl:
+                    self._torch_optimizer.zero_grad()
                     stop = True
                     break
-                value_loss, value_metrics = clipped_value_loss(
-                    evaluation.values,
-                    minibatch.old_values,
-                    minibatch.returns,
-                    mask,
-                    self.value_clip_epsilon,
-                )
-                entropy = masked_mean(evaluation.entropy, mask)
-                loss = policy_loss + self.value_coef * value_loss - self.entropy_coef * entropy
-                self.optim.step(loss)
-                metrics.append(
-                    {
-                        **step_metrics,
-                        **value_metrics,
-                        "loss": loss.detach(),
-                        "policy/entropy": entropy.detach(),
-                    }
-                )
+                if self.max_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
+                self._torch_optimizer.step()
+                metrics.append(step_metrics)
             if stop:
                 break
             epochs_completed += 1
@@ -305,6 +303,69 @@ class PPO(OnPolicyAlgorithm[Policy]):
         return self._training_stats(
             metrics, fraction, clip_epsilon, epochs_completed, rollout_explained_variance, batch
         )
+
+    def _accumulate_gradients(
+        self, minibatch: PPORollout, clip_epsilon: float
+    ) -> dict[str, torch.Tensor]:
+        """Gradients of the minibatch loss, summed over micro-batches; its metrics.
+
+        Each micro-batch's masked means are weighted by its share of the minibatch's
+        steps, so the summed gradient and metrics equal one pass over the minibatch.
+        Advantages are whitened with the whole minibatch's statistics first.
+        """
+        self._torch_optimizer.zero_grad()
+        advantages = (
+            masked_whiten(minibatch.advantages, minibatch.segments.mask)
+            if self.normalize_advantages
+            else minibatch.advantages
+        )
+        minibatch = dataclasses.replace(minibatch, advantages=advantages)
+        if self.gradient_accumulation_steps == 1:
+            loss, metrics = self._loss(minibatch, clip_epsilon)
+            loss.backward()
+            return metrics
+        total_steps = minibatch.segments.mask.sum()
+        num_rows = minibatch.segments.mask.shape[0]
+        micro_rows = math.ceil(num_rows / self.gradient_accumulation_steps)
+        summed: dict[str, torch.Tensor] = {}
+        for rows in torch.arange(num_rows).split(micro_rows):
+            micro = minibatch.select(rows)
+            weight = micro.segments.mask.sum() / total_steps
+            loss, micro_metrics = self._loss(micro, clip_epsilon)
+            (loss * weight).backward()
+            for key, value in micro_metrics.items():
+                summed[key] = summed.get(key, 0.0) + value * weight
+        return summed
+
+    def _loss(
+        self, minibatch: PPORollout, clip_epsilon: float
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Clipped surrogate + value loss - entropy bonus over one (micro-)batch."""
+        mask = minibatch.segments.mask
+        evaluation = self.policy.evaluate_segments(minibatch.segments)
+        policy_loss, policy_metrics = clipped_surrogate_loss(
+            evaluation.log_probs,
+            minibatch.old_log_probs,
+            minibatch.advantages,
+            mask,
+            clip_epsilon,
+            self.dual_clip,
+        )
+        value_loss, value_metrics = clipped_value_loss(
+            evaluation.values,
+            minibatch.old_values,
+            minibatch.returns,
+            mask,
+            self.value_clip_epsilon,
+        )
+        entropy = masked_mean(evaluation.entropy, mask)
+        loss = policy_loss + self.value_coef * value_loss - self.entropy_coef * entropy
+        return loss, {
+            **policy_metrics,
+            **value_metrics,
+            "loss": loss.detach(),
+            "policy/entropy": entropy.detach(),
+        }
 
     def _training_stats(
         self,

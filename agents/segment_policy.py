@@ -41,3 +41,17 @@ class SegmentPolicy(Protocol):
     def bootstrap_values(self, segments: RowBatch) -> torch.Tensor:
         """``V(s'_t)`` for every step, ``(B, T)``: what a truncated step bootstraps from."""
         ...
+
+
+@runtime_checkable
+class ReferenceScoringPolicy(Protocol):
+    """A policy that also scores its actions under a frozen reference (RLHF's KL term).
+
+    One no-grad pass over the finished episodes, instead of a reference forward per
+    generated token inside the environment; with LoRA the reference is the same
+    weights with the adapter switched off, so no second model sits in memory.
+    """
+
+    def reference_log_probs(self, segments: RowBatch) -> torch.Tensor:
+        """``log pi_ref(a_t | s_t)`` of every stored action, ``(B, T)``, without gradients."""
+        ...

@@ -1,4 +1,4 @@
-"""The ``textrl`` command line: the synthetic world, its gold evaluation, SFT and reward models.
+"""The ``textrl`` command line: the synthetic world, its gold evaluation, SFT, reward models, PPO.
 
 textrl world --out data/world                       # prompts and SFT demonstrations
 textrl collect-preferences --model ckpt --pairs 10000 --out prefs.jsonl
@@ -6,6 +6,8 @@ textrl annotate --model ckpt --pairs 50 --out my_labels.jsonl
 textrl evaluate --model ckpt --against sft_ckpt --split test
 textrl sft --model base --data data/world/train.demonstrations.jsonl --out runs/sft
 textrl rm --policy runs/sft/checkpoint-000120 --train prefs.jsonl --out runs/rm_help
+textrl ppo --policy runs/sft/checkpoint-000120 --helpfulness-rm runs/rm_help/checkpoint-000060 \\
+    --safety-rm runs/rm_safety/checkpoint-000060 --out runs/ppo
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from textrl.reward_model import (
     load_reward_model,
     train_reward_model,
 )
+from textrl.rlhf_ppo import PRESETS, RLHFConfig, train_rlhf_ppo, write_rlhf_report
 from textrl.sft import SFTConfig, train_sft
 from textrl.world.annotator import RATINGS, SimulatedAnnotator
 from textrl.world.demonstrations import write_demonstrations
@@ -189,6 +192,45 @@ def _reward_model(args: argparse.Namespace) -> None:
     print(json.dumps({"checkpoint": str(result.checkpoint), "accuracy": accuracies}))
 
 
+_PPO_OVERRIDES = {
+    "iterations": int,
+    "batch_size": int,
+    "minibatch_size": int,
+    "gradient_accumulation": int,
+    "epochs": int,
+    "learning_rate": float,
+    "kl_coef": float,
+    "target_kl": float,
+    "temperature": float,
+    "max_new_tokens": int,
+    "lora_rank": int,
+    "missing_eos_penalty": float,
+    "eval_every": int,
+    "save_every": int,
+}
+
+
+def _ppo(args: argparse.Namespace) -> None:
+    overrides = {name: getattr(args, name) for name in _PPO_OVERRIDES}
+    config = RLHFConfig.from_preset(
+        args.preset,
+        policy=args.policy,
+        helpfulness_rm=args.helpfulness_rm,
+        safety_rm=args.safety_rm,
+        output_dir=args.out,
+        prompts=args.prompts,
+        kl_estimator=args.kl_estimator,
+        whiten_rewards=args.whiten_rewards,
+        seed=args.seed,
+        device=args.device,
+        **{name: value for name, value in overrides.items() if value is not None},
+    )
+    result = train_rlhf_ppo(config)
+    report = write_rlhf_report(config, result)
+    print(f"report: {report}")
+    print(json.dumps({"checkpoint": str(result.checkpoint), "final": result.history[-1]}))
+
+
 def _sampling_arguments(parser: argparse.ArgumentParser, pairs: bool) -> None:
     parser.add_argument(
         "--model",
@@ -270,6 +312,20 @@ def build_parser() -> argparse.ArgumentParser:
     reward.add_argument("--seed", type=int, default=0)
     reward.add_argument("--device", default="cpu")
     reward.set_defaults(run=_reward_model)
+    ppo = commands.add_parser("ppo", help="RLHF: PPO from an SFT checkpoint and reward models")
+    ppo.add_argument("--policy", required=True, help="SFT checkpoint (initial policy, reference)")
+    ppo.add_argument("--helpfulness-rm", required=True)
+    ppo.add_argument("--safety-rm", help="with it, Llama 2's gated combined reward")
+    ppo.add_argument("--out", type=Path, required=True)
+    ppo.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
+    ppo.add_argument("--prompts", type=Path, help="prompt JSONL (default: the world's train split)")
+    for name, kind in _PPO_OVERRIDES.items():
+        ppo.add_argument("--" + name.replace("_", "-"), type=kind, help="overrides the preset")
+    ppo.add_argument("--kl-estimator", choices=["k1", "k3"], default="k1")
+    ppo.add_argument("--whiten-rewards", action="store_true")
+    ppo.add_argument("--seed", type=int, default=0)
+    ppo.add_argument("--device", default="cpu")
+    ppo.set_defaults(run=_ppo)
     return parser
 
 

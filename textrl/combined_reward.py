@@ -51,12 +51,15 @@ class Whitening:
 
 
 class CombinedReward:
-    """The reward the text environment calls: ``reward(prompts, responses) -> floats``."""
+    """The reward the text environment calls: ``reward(prompts, responses) -> floats``.
+
+    Without a safety model it is the whitened helpfulness logit alone.
+    """
 
     def __init__(
         self,
         helpfulness: tuple[PreTrainedModel, PreTrainedTokenizerBase],
-        safety: tuple[PreTrainedModel, PreTrainedTokenizerBase],
+        safety: tuple[PreTrainedModel, PreTrainedTokenizerBase] | None,
         is_safety: Callable[[str], bool],
         calibration_prompts: Sequence[str],
         calibration_responses: Sequence[str],
@@ -73,6 +76,8 @@ class CombinedReward:
     @torch.no_grad()
     def _logit_of_gated(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
         helpfulness = torch.sigmoid(score(*self.helpfulness, prompts, responses).float())
+        if self.safety is None:
+            return torch.logit(helpfulness, eps=1e-6)
         safety = torch.sigmoid(score(*self.safety, prompts, responses).float())
         tagged = torch.tensor([self.is_safety(p) for p in prompts], device=safety.device)
         return torch.logit(gated_score(helpfulness, safety, tagged, self.threshold), eps=1e-6)

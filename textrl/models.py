@@ -170,3 +170,15 @@ def tiny_llama(
     finally:
         torch.random.set_rng_state(generator_state)
     return model.eval()
+
+
+def disable_dropout(model: torch.nn.Module) -> None:
+    """Zero every dropout rate: PPO's ratio pi/pi_old and the KL to the reference must compare
+    the same deterministic function, or dropout noise reads as policy change."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    config = getattr(model, "config", None)
+    for name in ("attention_dropout", "hidden_dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop"):
+        if config is not None and hasattr(config, name):
+            setattr(config, name, 0.0)

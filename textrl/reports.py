@@ -64,3 +64,35 @@ def write_report(
     report = output_dir / "report.md"
     write_atomically(report, lambda handle: handle.write("\n".join(lines).encode()))
     return report
+
+
+def reward_vs_kl_figure(
+    kl: Sequence[float], gold: Sequence[float], proxy: Sequence[float]
+) -> plt.Figure:
+    """Gold and proxy reward against the KL distance ``sqrt(KL(pi || pi_init))``, the axes of
+    Gao et al. 2022, "Scaling Laws for Reward Model Overoptimization" (arXiv:2210.10760):
+    a proxy that keeps rising while the gold reward turns down is over-optimisation."""
+    distance = [max(value, 0.0) ** 0.5 for value in kl]
+    figure, gold_axis = plt.subplots(figsize=(6, 3.8))
+    gold_axis.plot(distance, gold, "o-", color="tab:green", label="gold reward (judge)")
+    gold_axis.set_xlabel("KL distance sqrt(KL) from the initial policy (sqrt nats)")
+    gold_axis.set_ylabel("gold reward", color="tab:green")
+    proxy_axis = gold_axis.twinx()
+    proxy_axis.plot(distance, proxy, "s--", color="tab:blue", label="proxy reward (RM)")
+    proxy_axis.set_ylabel("proxy reward (whitened RM score)", color="tab:blue")
+    gold_axis.grid(alpha=0.3)
+    figure.legend(loc="lower right", fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A Markdown table; floats with three decimals."""
+
+    def cell(value: object) -> str:
+        text = f"{value:.3f}" if isinstance(value, float) else str(value)
+        return text.replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
