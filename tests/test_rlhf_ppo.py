@@ -90,8 +90,7 @@ def test_gradient_accumulation_takes_the_same_step_as_the_whole_minibatch():
 
 
 def test_with_lora_the_reference_is_the_base_model_and_only_the_adapter_trains():
-    pytest.importorskip("peft", reason="LoRA is the optional 'lora' extra")
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, get_peft_model  # the 'lora' extra, part of 'dev'
 
     env, base_policy = text_env_and_policy(num_envs=8, reference_seed=None)
     env.reward_fn = a_count_reward

@@ -8,11 +8,13 @@ textrl sft --model base --data data/world/train.demonstrations.jsonl --out runs/
 textrl rm --policy runs/sft/checkpoint-000120 --train prefs.jsonl --out runs/rm_help
 textrl ppo --policy runs/sft/checkpoint-000120 --helpfulness-rm runs/rm_help/checkpoint-000060 \\
     --safety-rm runs/rm_safety/checkpoint-000060 --out runs/ppo
+textrl pipeline [--config pipeline.toml]            # all of it, rounds V1..Vn, and a report
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -21,6 +23,7 @@ from pathlib import Path
 
 from textrl.jsonl import DataFormatError, write_jsonl_atomically
 from textrl.models import load_causal_lm
+from textrl.pipeline import load_pipeline_config, run_pipeline
 from textrl.reports import accuracy_figure, loss_figure, write_report
 from textrl.reward_model import (
     RewardModelConfig,
@@ -231,6 +234,17 @@ def _ppo(args: argparse.Namespace) -> None:
     print(json.dumps({"checkpoint": str(result.checkpoint), "final": result.history[-1]}))
 
 
+def _pipeline(args: argparse.Namespace) -> None:
+    config = load_pipeline_config(args.config)
+    if args.out is not None:
+        config = dataclasses.replace(config, output_dir=args.out)
+    if args.seed is not None:
+        config = dataclasses.replace(config, seed=args.seed)
+    summary = run_pipeline(config)
+    print(f"report: {summary['report']}")
+    print(json.dumps(summary))
+
+
 def _sampling_arguments(parser: argparse.ArgumentParser, pairs: bool) -> None:
     parser.add_argument(
         "--model",
@@ -326,6 +340,15 @@ def build_parser() -> argparse.ArgumentParser:
     ppo.add_argument("--seed", type=int, default=0)
     ppo.add_argument("--device", default="cpu")
     ppo.set_defaults(run=_ppo)
+    pipeline = commands.add_parser(
+        "pipeline", help="the whole Llama 2 recipe: SFT, RMs, rounds of RS and PPO, report"
+    )
+    pipeline.add_argument(
+        "--config", type=Path, help="TOML config (default: the embedded tiny-model config)"
+    )
+    pipeline.add_argument("--out", type=Path, help="overrides the config's output_dir")
+    pipeline.add_argument("--seed", type=int, help="overrides the config's seed")
+    pipeline.set_defaults(run=_pipeline)
     return parser
 
 

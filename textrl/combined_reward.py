@@ -12,13 +12,15 @@ unit scale whatever the reward models' offsets.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from textrl.reward_model import score
+from textrl.generation import generate_responses
+from textrl.reward_model import load_reward_model, score
+from textrl.sampling import SamplingConfig
 
 SAFETY_THRESHOLD = 0.15
 
@@ -72,6 +74,29 @@ class CombinedReward:
         self.whitening = Whitening.fit(
             self._logit_of_gated(calibration_prompts, calibration_responses)
         )
+
+    @classmethod
+    def calibrated_on_policy(
+        cls,
+        helpfulness_rm: str,
+        safety_rm: str | None,
+        is_safety: Mapping[str, bool],
+        policy: tuple[PreTrainedModel, PreTrainedTokenizerBase],
+        calibration_prompts: Sequence[str],
+        sampling: SamplingConfig,
+        max_new_tokens: int,
+        device: str = "cpu",
+    ) -> CombinedReward:
+        """Reward models from checkpoints, whitened on ``policy``'s responses to
+        ``calibration_prompts``: the responses the reward will score first, so PPO and
+        rejection sampling start from rewards of zero mean and unit scale. ``is_safety``
+        tags every prompt the reward will see."""
+        helpfulness = load_reward_model(helpfulness_rm, device)
+        safety = load_reward_model(safety_rm, device) if safety_rm is not None else None
+        for reward_model, _ in filter(None, (helpfulness, safety)):
+            reward_model.eval()
+        responses = generate_responses(*policy, calibration_prompts, sampling, max_new_tokens)
+        return cls(helpfulness, safety, is_safety.__getitem__, calibration_prompts, responses)
 
     @torch.no_grad()
     def _logit_of_gated(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:

@@ -44,13 +44,12 @@ from textrl.jsonl import read_jsonl
 from textrl.kl import AdaptiveKLController, KLEstimator
 from textrl.models import disable_dropout, load_causal_lm
 from textrl.reports import markdown_table, reward_vs_kl_figure, write_report
-from textrl.reward_model import load_reward_model
 from textrl.sampling import SamplingConfig
 from textrl.sft import checkpoints, save_checkpoint
 from textrl.world.annotator import category_of, gold_value
 from textrl.world.evaluation import GREEDY, evaluate_responses
 from textrl.world.splits import split_tasks
-from textrl.world.tasks import Task, judge
+from textrl.world.tasks import Task, all_tasks, judge
 
 logger = logging.getLogger(__name__)
 STATE_FILE = "training_state.pt"
@@ -179,7 +178,7 @@ def load_prompt_set(config: RLHFConfig) -> PromptSet:
         train = split_tasks("train", config.world_split_seed)
         return PromptSet(
             prompts=[t.prompt for t in train],
-            is_safety={t.prompt: t.is_safety for t in train},
+            is_safety={t.prompt: t.is_safety for t in all_tasks()},
             tasks={t.prompt: t for t in train},
             evaluation_tasks=split_tasks("validation", config.world_split_seed),
         )
@@ -199,26 +198,18 @@ def build_reward(
     tokenizer: PreTrainedTokenizerBase,
 ) -> CombinedReward:
     """The combined reward, whitened on the initial policy's samples of calibration prompts."""
-    helpfulness = load_reward_model(config.helpfulness_rm, config.device)
-    safety = (
-        load_reward_model(config.safety_rm, config.device) if config.safety_rm is not None else None
-    )
-    for reward_model, _ in filter(None, (helpfulness, safety)):
-        reward_model.eval()
     rng = np.random.default_rng(config.seed)
-    calibration = [
-        prompt_set.prompts[i]
-        for i in rng.integers(0, len(prompt_set.prompts), config.calibration_prompts)
-    ]
-    responses = generate_responses(
-        model,
-        tokenizer,
-        calibration,
+    chosen = rng.integers(0, len(prompt_set.prompts), config.calibration_prompts)
+    torch.manual_seed(config.seed)
+    return CombinedReward.calibrated_on_policy(
+        config.helpfulness_rm,
+        config.safety_rm,
+        prompt_set.is_safety,
+        (model, tokenizer),
+        [prompt_set.prompts[i] for i in chosen],
         SamplingConfig(temperature=config.temperature),
         config.max_new_tokens,
-    )
-    return CombinedReward(
-        helpfulness, safety, prompt_set.is_safety.__getitem__, calibration, responses
+        config.device,
     )
 
 

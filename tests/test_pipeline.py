@@ -1,0 +1,133 @@
+"""The Llama 2 pipeline end to end at toy sizes: artefacts, report, config errors, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from textrl.jsonl import DataFormatError
+from textrl.pipeline import load_pipeline_config, run_pipeline
+from textrl.pipeline.runner import LEDGER_FILE
+
+TOY_CONFIG = """
+output_dir = "{out}"
+rounds = 2
+
+[model]
+hidden_size = 32
+num_layers = 1
+num_heads = 2
+
+[sft]
+epochs = 1
+batch_size = 16
+
+[preferences]
+pairs_per_round = 48
+safety_pairs_per_round = 24
+evaluation_pairs = 24
+
+[rejection_sampling]
+samples_per_prompt = 2
+prompts_per_round = 16
+epochs = 1
+
+[ppo]
+iterations = 2
+batch_size = 8
+
+[evaluation]
+max_new_tokens = 6
+samples_for_figures = 4
+figure_prompts = 6
+kl_prompts = 2
+kl_samples_per_prompt = 16
+"""
+
+
+def toy_config_file(tmp_path: Path) -> Path:
+    path = tmp_path / "toy.toml"
+    path.write_text(TOY_CONFIG.format(out=tmp_path / "run"))
+    return path
+
+
+@pytest.mark.slow
+def test_the_pipeline_runs_every_stage_and_writes_its_report(tmp_path):
+    config = load_pipeline_config(toy_config_file(tmp_path))
+    summary = run_pipeline(config)
+    assert [v["name"] for v in summary["versions"]] == ["SFT", "RLHF-V1", "RLHF-V2"]
+    for version in summary["versions"]:
+        assert 0 <= version["gold_helpfulness"] <= 1 and 0 <= version["gold_safety"] <= 1
+    out = config.output_dir
+    for artefact in [
+        "sft",
+        "round1/preferences/train.jsonl",
+        "round1/reward_models/helpfulness",
+        "round1/reward_models/safety",
+        "round1/rejection_sampling/kept.jsonl",
+        "round2/rejection_sampling/kept.jsonl",
+        "round2/ppo/tensorboard",
+        "report/report.md",
+        "report/reward_vs_n.png",
+        "report/reward_vs_temperature.png",
+        "report/reward_distribution.png",
+        "report/ppo_reward_vs_kl.png",
+    ]:
+        assert (out / artefact).exists(), artefact
+    # round 2 trains on round 1's preferences plus its own, and keeps round 1's best samples
+    round1 = (out / "round1/preferences/train.jsonl").read_text().splitlines()
+    round2 = (out / "round2/preferences/train.jsonl").read_text().splitlines()
+    assert round2[: len(round1)] == round1 and len(round2) == 2 * len(round1)
+    kept_rounds = {
+        json.loads(line)["round"] for line in open(out / "round2/rejection_sampling/kept.jsonl")
+    }
+    assert kept_rounds == {0, 1}  # pipeline rounds 1 and 2, counted from 0
+    report = (out / "report/report.md").read_text()
+    assert "Table 8" in report and "log N - (N-1)/N" in report
+
+
+def test_config_errors_name_the_file_line_and_field(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text('rounds = 2\n\n[sft]\nepochs = "many"\n')
+    with pytest.raises(DataFormatError, match=r"bad.toml:4: field 'sft.epochs' must be"):
+        load_pipeline_config(path)
+    path.write_text("[ppo]\niterations = 3\nclip = 0.1\n")
+    with pytest.raises(DataFormatError, match=r"bad.toml:3: unknown field 'ppo.clip'"):
+        load_pipeline_config(path)
+    path.write_text("rounds = \n")
+    with pytest.raises(DataFormatError, match="not valid TOML"):
+        load_pipeline_config(path)
+
+
+@pytest.mark.slow
+def test_a_killed_pipeline_resumes_after_its_last_finished_stage(tmp_path):
+    config_file = toy_config_file(tmp_path)
+    ledger = tmp_path / "run" / LEDGER_FILE
+    process = subprocess.Popen(
+        [sys.executable, "-m", "textrl.cli", "pipeline", "--config", str(config_file)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None:
+        if ledger.exists() and "RLHF-V1 preferences" in json.loads(ledger.read_text()):
+            break
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    finished_before = json.loads(ledger.read_text())
+    assert "RLHF-V1 preferences" in finished_before and "report" not in finished_before
+
+    summary = run_pipeline(load_pipeline_config(config_file))
+    finished_after = json.loads(ledger.read_text())
+    for name, entry in finished_before.items():  # not run again
+        assert finished_after[name] == entry
+    assert "report" in finished_after and Path(summary["report"]).exists()

@@ -1,0 +1,163 @@
+"""The pipeline's one config file (TOML): every stage's settings, with a default for each.
+
+An empty file (or none) is the embedded default: the tiny Llama on the synthetic
+world, sized to finish in minutes on a 2-core CPU. Unknown sections or keys and
+wrong types are refused with the file, line and field, before anything runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from textrl.jsonl import DataFormatError
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    base: str = "tiny"
+    """'tiny' (a fresh Llama over a character tokenizer), 'smollm2', or a checkpoint path."""
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+
+
+@dataclass(frozen=True)
+class SFTSection:
+    epochs: int = 30
+    learning_rate: float = 2e-3
+    batch_size: int = 8
+    sequence_length: int = 256
+
+
+@dataclass(frozen=True)
+class PreferenceSection:
+    pairs_per_round: int = 3000
+    """Fresh helpfulness pairs sampled from the latest models in each round."""
+    safety_pairs_per_round: int = 1000
+    """Fresh safety pairs (on safety-tagged prompts) in each round."""
+    temperatures: list[float] = field(default_factory=lambda: [0.7, 1.5])
+    noise: float = 0.1
+    """The simulated annotator's Bradley-Terry noise."""
+    evaluation_pairs: int = 1000
+    """Test-split pairs on which each round's reward models are scored (Table 8)."""
+
+
+@dataclass(frozen=True)
+class RewardModelSection:
+    epochs: int = 1
+    learning_rate: float = 5e-4
+    batch_size: int = 32
+    margin: str = "small"
+
+
+@dataclass(frozen=True)
+class RejectionSamplingSection:
+    enabled: bool = True
+    """False skips rejection sampling (PPO alone from SFT in the last round)."""
+    samples_per_prompt: int = 8
+    """K, the samples drawn per prompt; the best by the combined reward is kept."""
+    prompts_per_round: int = 512
+    temperatures: list[float] = field(default_factory=lambda: [1.0, 0.9, 0.8])
+    """Sampling temperature per round (re-tuned per round in Llama 2; the last repeats)."""
+    epochs: int = 2
+    learning_rate: float = 5e-4
+    minibatch_size: int = 32
+    keep_best_of_all_rounds: bool = True
+
+
+@dataclass(frozen=True)
+class PPOSection:
+    preset: str = "tiny"
+    iterations: int = 15
+    batch_size: int = 64
+    learning_rate: float = 1e-4
+    kl_coef: float = 0.05
+    target_kl: float | None = None
+
+
+@dataclass(frozen=True)
+class EvaluationSection:
+    max_new_tokens: int = 32
+    samples_for_figures: int = 16
+    """Samples per prompt for the best-of-N, temperature and KL figures."""
+    figure_prompts: int = 64
+    kl_prompts: int = 24
+    kl_samples_per_prompt: int = 128
+    """Samples per prompt behind the best-of-N KL estimate (well above N = 16)."""
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    output_dir: Path = Path("runs/pipeline")
+    rounds: int = 3
+    """Versions V1..Vn: rejection sampling in every round, PPO on top in the last."""
+    seed: int = 0
+    device: str = "cpu"
+    model: ModelSection = field(default_factory=ModelSection)
+    sft: SFTSection = field(default_factory=SFTSection)
+    preferences: PreferenceSection = field(default_factory=PreferenceSection)
+    reward_model: RewardModelSection = field(default_factory=RewardModelSection)
+    rejection_sampling: RejectionSamplingSection = field(default_factory=RejectionSamplingSection)
+    ppo: PPOSection = field(default_factory=PPOSection)
+    evaluation: EvaluationSection = field(default_factory=EvaluationSection)
+
+
+def _line_of(text: str, key: str) -> int:
+    """1-based line where ``key`` is assigned (or its table opens), 0 if not found."""
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        if stripped.startswith(f"[{key}]") or stripped.split("=")[0].strip() == key:
+            return number
+    return 0
+
+
+def _accepts(kind: Any, value: Any) -> bool:
+    if kind is Path:
+        return isinstance(value, str)
+    if kind is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if kind == float | None:
+        return _accepts(float, value)
+    if kind == list[float]:
+        return isinstance(value, list) and all(_accepts(float, v) for v in value)
+    return isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+
+
+def _build(cls: type, values: dict[str, Any], where: str, path: Path, text: str) -> Any:
+    hints = get_type_hints(cls)
+    arguments = {}
+    for key, value in values.items():
+        name = f"{where}.{key}" if where else key
+        if key not in hints:
+            known = ", ".join(f.name for f in dataclasses.fields(cls))
+            raise DataFormatError(
+                f"{path}:{_line_of(text, key)}: unknown field {name!r} (known: {known})"
+            )
+        kind = hints[key]
+        if dataclasses.is_dataclass(kind):
+            if not isinstance(value, dict):
+                raise DataFormatError(f"{path}:{_line_of(text, key)}: {name!r} must be a table")
+            arguments[key] = _build(kind, value, name, path, text)
+        elif not _accepts(kind, value):
+            raise DataFormatError(
+                f"{path}:{_line_of(text, key)}: field {name!r} must be {kind}, got {value!r}"
+            )
+        else:
+            arguments[key] = Path(value) if kind is Path else value
+    return cls(**arguments)
+
+
+def load_pipeline_config(path: Path | None) -> PipelineConfig:
+    """The config in ``path`` over the embedded defaults (None: the defaults alone)."""
+    if path is None:
+        return PipelineConfig()
+    text = path.read_text()
+    try:
+        values = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise DataFormatError(f"{path}: not valid TOML: {error}") from error
+    return _build(PipelineConfig, values, "", path, text)

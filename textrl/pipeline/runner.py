@@ -1,0 +1,169 @@
+"""Runs the pipeline's stages in order, recording each finished one so a rerun resumes.
+
+The ledger (``stages.json``, rewritten atomically after every stage) maps a
+stage's name to its result and wall time. A stage found there is skipped; a
+stage interrupted half-way is run again from a clean directory (SFT and PPO
+resume from their own checkpoints instead, so a kill costs at most their last
+``save_every``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from textrl.checkpoint import write_atomically
+from textrl.pipeline import stages
+from textrl.pipeline.config import PipelineConfig
+from textrl.pipeline.report import write_pipeline_report
+
+logger = logging.getLogger(__name__)
+LEDGER_FILE = "stages.json"
+RESUMABLE_STAGES = ("sft", "ppo")
+"""Stages that resume from their own checkpoints; the others restart from a clean directory."""
+
+
+class StageLedger:
+    """Finished stages with their results and seconds, persisted atomically."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.finished: dict[str, dict[str, Any]] = (
+            json.loads(path.read_text()) if path.exists() else {}
+        )
+
+    def run(self, name: str, directory: Path, stage: Callable[[Path], dict[str, Any]]) -> Any:
+        if name in self.finished:
+            logger.info("stage %s: done earlier, skipped", name)
+            return self.finished[name]["result"]
+        if directory.exists() and not name.endswith(RESUMABLE_STAGES):
+            shutil.rmtree(directory)  # the leftovers of an interrupted run of this stage
+        directory.mkdir(parents=True, exist_ok=True)
+        print(f"== stage {name}", flush=True)
+        start = time.perf_counter()
+        result = stage(directory)
+        self.finished[name] = {"result": result, "seconds": time.perf_counter() - start}
+        text = json.dumps(self.finished, indent=1)
+        write_atomically(self.path, lambda handle: handle.write(text.encode()))
+        return result
+
+    def seconds(self) -> dict[str, float]:
+        return {name: entry["seconds"] for name, entry in self.finished.items()}
+
+
+def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
+    """SFT, then rounds V1..Vn of preferences, reward models, rejection sampling (and PPO
+    in the last round), each version evaluated by the gold judges; then the report.
+    Returns the summary printed as the command's last line."""
+    out = config.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    ledger = StageLedger(out / LEDGER_FILE)
+    ledger.run("world", out / "world", lambda d: stages.world_stage(config, d))
+    base = ledger.run("base", out / "base", lambda d: stages.base_model_stage(config, d))
+    sft = ledger.run(
+        "sft",
+        out / "sft",
+        lambda d: stages.sft_stage(
+            config, base["checkpoint"], out / "world" / "train.demonstrations.jsonl", d
+        ),
+    )
+    versions = {
+        "SFT": ledger.run(
+            "evaluate SFT",
+            out / "evaluation" / "SFT",
+            lambda d: stages.evaluation_stage(config, sft["checkpoint"], None, None),
+        )
+    }
+    latest_name, latest = "SFT", sft["checkpoint"]
+    previous_models: list[tuple[str, str]] = []
+    train_preferences: Path | None = None
+    kept: Path | None = None
+    rounds: dict[str, dict[str, Any]] = {}
+    for index in range(1, config.rounds + 1):
+        name = f"RLHF-V{index}"
+        directory = out / f"round{index}"
+        models = [(latest_name, latest), *previous_models[-1:]]
+        preferences = ledger.run(
+            f"{name} preferences",
+            directory / "preferences",
+            lambda d, models=models, index=index, earlier=train_preferences: (
+                stages.preferences_stage(config, index, models, earlier, d)
+            ),
+        )
+        train_preferences = Path(preferences["train"])
+        reward_models = ledger.run(
+            f"{name} reward models",
+            directory / "reward_models",
+            lambda d, p=preferences: stages.reward_models_stage(
+                config, sft["checkpoint"], Path(p["train"]), Path(p["test"]), d
+            ),
+        )
+        rejection = None
+        checkpoint = latest
+        if config.rejection_sampling.enabled:
+            rejection = ledger.run(
+                f"{name} rejection sampling",
+                directory / "rejection_sampling",
+                lambda d, index=index, policy=latest, rms=reward_models, earlier=kept: (
+                    stages.rejection_sampling_stage(
+                        config,
+                        index,
+                        policy,
+                        stages.combined_reward(config, rms, policy),
+                        earlier,
+                        d,
+                    )
+                ),
+            )
+            kept = Path(rejection["kept"])
+            checkpoint = rejection["checkpoint"]
+        ppo = None
+        if index == config.rounds:
+            ppo = ledger.run(
+                f"{name} ppo",
+                directory / "ppo",
+                lambda d, index=index, policy=checkpoint, rms=reward_models: stages.ppo_stage(
+                    config, index, policy, rms, d
+                ),
+            )
+            checkpoint = ppo["checkpoint"]
+        versions[name] = ledger.run(
+            f"evaluate {name}",
+            out / "evaluation" / name,
+            lambda d, c=checkpoint, previous=versions[latest_name]: stages.evaluation_stage(
+                config, c, versions["SFT"]["responses"], previous["responses"]
+            ),
+        )
+        rounds[name] = {
+            "preferences": preferences,
+            "reward_models": reward_models,
+            "rejection_sampling": rejection,
+            "ppo": ppo,
+        }
+        previous_models.append((latest_name, latest))
+        latest_name, latest = name, checkpoint
+    report = ledger.run(
+        "report",
+        out / "report",
+        lambda d: {
+            "report": str(write_pipeline_report(config, versions, rounds, ledger.seconds(), d))
+        },
+    )
+    return {
+        "versions": [
+            {
+                "name": name,
+                "gold_helpfulness": round(v["gold_helpfulness"], 4),
+                "gold_safety": round(v["gold_safety"], 4),
+                "win_rate_vs_sft": round(v["win_rate_vs_sft"], 4),
+            }
+            for name, v in versions.items()
+        ],
+        "report": report["report"],
+        "seconds": round(sum(ledger.seconds().values()), 1),
+    }

@@ -1,0 +1,430 @@
+"""The stages of the Llama 2 post-training pipeline, each a function from files to files.
+
+SFT -> (per round) fresh preferences from the latest models -> helpfulness and
+safety reward models on all preferences so far -> rejection sampling (every
+round) -> PPO on top of the rejection-sampled model (last round). Every stage
+reads its inputs from checkpoints on disk and returns a JSON-serialisable
+result, so the runner can record it and a resumed pipeline skips it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from tianshou.algorithm.optim import TorchOptimizerFactory
+from tianshou.utils.torch_utils import policy_within_training_step
+
+from agents.episode_buffer import EpisodeBuffer
+from agents.lm_policy import LMActorCriticPolicy
+from agents.rejection_sampling import KeptEpisode, RejectionSampling
+from agents.text_collector import TextCollector
+from envs.text_generation import TextGenerationVectorEnv
+from textrl.combined_reward import CombinedReward
+from textrl.generation import generate_responses
+from textrl.jsonl import write_jsonl_atomically
+from textrl.models import disable_dropout, load_causal_lm, tiny_llama
+from textrl.pipeline.config import PipelineConfig
+from textrl.reward_model import (
+    RewardModelConfig,
+    accuracy_by_rating,
+    load_reward_model,
+    train_reward_model,
+)
+from textrl.rlhf_ppo import RLHFConfig, train_rlhf_ppo
+from textrl.sampling import SamplingConfig
+from textrl.sft import SFTConfig, save_checkpoint, train_sft
+from textrl.tokenization import build_char_tokenizer
+from textrl.world.annotator import SimulatedAnnotator, bayes_accuracy
+from textrl.world.demonstrations import write_demonstrations
+from textrl.world.evaluation import GREEDY, evaluate_responses
+from textrl.world.pair_sampling import Variant, sample_pairs
+from textrl.world.preferences import (
+    PreferencePair,
+    annotate_pairs,
+    gold_gaps,
+    read_preferences,
+    write_preferences,
+)
+from textrl.world.splits import SPLIT_FRACTIONS, split_tasks
+from textrl.world.tasks import Task, all_tasks
+
+CATEGORIES = ("helpfulness", "safety")
+KEPT_FILE = "kept_episodes.pt"
+CALIBRATION_PROMPTS = 256
+
+
+def world_stage(config: PipelineConfig, directory: Path) -> dict[str, object]:
+    """The world's prompts and SFT demonstrations per split."""
+    counts = {}
+    for split in SPLIT_FRACTIONS:
+        tasks = split_tasks(split, config.seed)
+        write_demonstrations(directory / f"{split}.demonstrations.jsonl", tasks)
+        counts[split] = len(tasks)
+    return {"prompts": counts}
+
+
+def base_model_stage(config: PipelineConfig, directory: Path) -> dict[str, object]:
+    """The model SFT starts from: a fresh tiny Llama (char tokenizer), or a given checkpoint."""
+    if config.model.base != "tiny":
+        return {"checkpoint": config.model.base}
+    tokenizer = build_char_tokenizer()
+    model = tiny_llama(
+        tokenizer,
+        config.model.hidden_size,
+        config.model.num_layers,
+        config.model.num_heads,
+        seed=config.seed,
+    )
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return {"checkpoint": str(directory), "parameters": sum(p.numel() for p in model.parameters())}
+
+
+def sft_stage(
+    config: PipelineConfig, base: str, demonstrations: Path, directory: Path
+) -> dict[str, object]:
+    result = train_sft(
+        SFTConfig(
+            model=base,
+            data=demonstrations,
+            output_dir=directory,
+            epochs=config.sft.epochs,
+            learning_rate=config.sft.learning_rate,
+            batch_size=config.sft.batch_size,
+            sequence_length=config.sft.sequence_length,
+            save_every_steps=10**9,  # the stage is the unit of resumption
+            seed=config.seed,
+            device=config.device,
+        )
+    )
+    return {"checkpoint": str(result.checkpoint), "steps": result.steps}
+
+
+def _labelled_pairs(
+    config: PipelineConfig,
+    models: Sequence[tuple[str, str]],
+    tasks: Sequence[Task],
+    count: int,
+    seed: int,
+) -> list[PreferencePair]:
+    """``count`` pairs from (name, checkpoint) models at the configured temperatures,
+    labelled by the simulated annotator."""
+    variants = []
+    for name, checkpoint in models:
+        model, tokenizer = load_causal_lm(checkpoint, device=config.device)
+        variants += [
+            Variant(f"{name}@T{t:g}", model, tokenizer, t) for t in config.preferences.temperatures
+        ]
+    pairs = sample_pairs(
+        variants, tasks, count, seed, config.evaluation.max_new_tokens, progress=True
+    )
+    return annotate_pairs(
+        pairs.tasks,
+        pairs.first,
+        pairs.second,
+        pairs.first_variant,
+        pairs.second_variant,
+        SimulatedAnnotator(config.preferences.noise, seed),
+    )
+
+
+def _pairs_by_category(
+    config: PipelineConfig,
+    models: Sequence[tuple[str, str]],
+    tasks: Sequence[Task],
+    helpfulness_pairs: int,
+    safety_pairs: int,
+    seed: int,
+) -> list[PreferencePair]:
+    """Helpfulness pairs on the prompts that are not safety-tagged and safety pairs on those
+    that are, collected separately as Llama 2 did (safety prompts are a small share)."""
+    helpful = [t for t in tasks if not t.is_safety]
+    unsafe = [t for t in tasks if t.is_safety]
+    return _labelled_pairs(config, models, helpful, helpfulness_pairs, seed) + _labelled_pairs(
+        config, models, unsafe, safety_pairs, seed + 1
+    )
+
+
+def preferences_stage(
+    config: PipelineConfig,
+    round_index: int,
+    models: Sequence[tuple[str, str]],
+    earlier_train: Path | None,
+    directory: Path,
+) -> dict[str, object]:
+    """Fresh train pairs from the latest models, appended to all earlier ones (Llama 2
+    trained each reward model on all preference data collected so far), and test pairs."""
+    settings = config.preferences
+    seed = config.seed * 1000 + 10 * round_index
+    new = _pairs_by_category(
+        config,
+        models,
+        split_tasks("train", config.seed),
+        settings.pairs_per_round,
+        settings.safety_pairs_per_round,
+        seed,
+    )
+    earlier = read_preferences(earlier_train) if earlier_train is not None else []
+    write_preferences(directory / "train.jsonl", earlier + new)
+    test_tasks = split_tasks("test", config.seed)
+    test = _pairs_by_category(
+        config,
+        models,
+        test_tasks,
+        settings.evaluation_pairs,
+        settings.evaluation_pairs // 2,
+        seed + 5,
+    )
+    write_preferences(directory / "test.jsonl", test)
+    ceilings = {}
+    for category in CATEGORIES:
+        pairs = [p for p in test if p.category == category]
+        if pairs:
+            gaps = gold_gaps(pairs, test_tasks)
+            ceilings[category] = bayes_accuracy(gaps, settings.noise)
+    return {
+        "train": str(directory / "train.jsonl"),
+        "test": str(directory / "test.jsonl"),
+        "train_pairs": len(earlier) + len(new),
+        "bayes_ceiling": ceilings,
+    }
+
+
+def reward_models_stage(
+    config: PipelineConfig, sft_checkpoint: str, train: Path, test: Path, directory: Path
+) -> dict[str, object]:
+    """Helpfulness and safety reward models, initialised from SFT, and their test accuracy
+    per rating (Llama 2's Table 8)."""
+    test_pairs = read_preferences(test)
+    result: dict[str, object] = {}
+    for category in CATEGORIES:
+        trained = train_reward_model(
+            RewardModelConfig(
+                policy=sft_checkpoint,
+                train=train,
+                output_dir=directory / category,
+                category=category,
+                margin=config.reward_model.margin,
+                epochs=config.reward_model.epochs,
+                learning_rate=config.reward_model.learning_rate,
+                batch_size=config.reward_model.batch_size,
+                seed=config.seed,
+                device=config.device,
+            )
+        )
+        model, tokenizer = load_reward_model(trained.checkpoint, config.device)
+        model.eval()
+        pairs = [p for p in test_pairs if p.category == category]
+        result[category] = {
+            "checkpoint": str(trained.checkpoint),
+            "test_accuracy": accuracy_by_rating(model, tokenizer, pairs) if pairs else {},
+        }
+    return result
+
+
+def combined_reward(
+    config: PipelineConfig,
+    reward_models: dict[str, dict[str, object]],
+    policy_checkpoint: str,
+) -> CombinedReward:
+    """The round's combined reward, whitened on the current policy's samples."""
+    train = split_tasks("train", config.seed)
+    model, tokenizer = load_causal_lm(policy_checkpoint, device=config.device)
+    rng = np.random.default_rng(config.seed)
+    torch.manual_seed(config.seed)
+    return CombinedReward.calibrated_on_policy(
+        str(reward_models["helpfulness"]["checkpoint"]),
+        str(reward_models["safety"]["checkpoint"]),
+        {t.prompt: t.is_safety for t in all_tasks()},
+        (model, tokenizer),
+        [train[i].prompt for i in rng.integers(0, len(train), CALIBRATION_PROMPTS)],
+        SamplingConfig(temperature=1.0),
+        config.evaluation.max_new_tokens,
+        config.device,
+    )
+
+
+def _round_temperature(config: PipelineConfig, round_index: int) -> float:
+    temperatures = config.rejection_sampling.temperatures
+    return temperatures[min(round_index, len(temperatures)) - 1]
+
+
+def rejection_sampling_stage(
+    config: PipelineConfig,
+    round_index: int,
+    policy_checkpoint: str,
+    reward: CombinedReward,
+    earlier_kept: Path | None,
+    directory: Path,
+) -> dict[str, object]:
+    """Best of K samples per prompt by the combined reward, kept across rounds, then
+    fine-tuning the latest model on the kept responses (prompt-masked likelihood)."""
+    settings = config.rejection_sampling
+    seed = config.seed * 1000 + round_index
+    torch.manual_seed(seed)
+    model, tokenizer = load_causal_lm(policy_checkpoint, device=config.device)
+    disable_dropout(model)
+    prompts = [t.prompt for t in split_tasks("train", config.seed)]
+    k = settings.samples_per_prompt
+    prompts_per_batch = max(1, 256 // k)
+    env = TextGenerationVectorEnv(
+        prompts_per_batch * k,
+        tokenizer=tokenizer,
+        prompts=prompts,
+        reward_fn=reward,
+        max_new_tokens=config.evaluation.max_new_tokens,
+        max_prompt_tokens=64,
+        samples_per_prompt=k,
+        device=config.device,
+    )
+    temperature = _round_temperature(config, round_index)
+    policy = LMActorCriticPolicy(
+        model=model,
+        observation_space=env.single_observation_space,
+        action_space=env.single_action_space,
+        max_prompt_tokens=64,
+        sampling=SamplingConfig(temperature=temperature),
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    algorithm = RejectionSampling(
+        policy=policy,
+        optim=TorchOptimizerFactory(
+            torch.optim.AdamW, lr=settings.learning_rate, betas=(0.9, 0.95), eps=1e-5
+        ),
+        samples_per_start=k,
+        keep_best_of_all_rounds=settings.keep_best_of_all_rounds,
+    )
+    if earlier_kept is not None and settings.keep_best_of_all_rounds:
+        algorithm.restore_kept_episodes(
+            torch.load(earlier_kept, weights_only=False), rounds_done=round_index - 1
+        )
+    batches = math.ceil(settings.prompts_per_round / prompts_per_batch)
+    buffer = EpisodeBuffer(
+        capacity=batches * prompts_per_batch * k,
+        max_prompt_tokens=64,
+        max_new_tokens=config.evaluation.max_new_tokens,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    collector = TextCollector(algorithm, env, buffer=buffer, seed=seed)
+    with policy_within_training_step(policy):
+        collector.collect(n_episode=batches * prompts_per_batch * k)
+        stats = algorithm.update(
+            buffer,
+            batch_size=settings.minibatch_size * config.evaluation.max_new_tokens,
+            repeat=settings.epochs,
+        )
+    kept = algorithm.kept_episodes
+    torch.save(kept, directory / KEPT_FILE)
+    _write_kept_text(kept, tokenizer, directory / "kept.jsonl")
+    checkpoint = save_checkpoint(directory, round_index, model, tokenizer, {"round": round_index})
+    return {
+        "checkpoint": str(checkpoint),
+        "kept": str(directory / KEPT_FILE),
+        "temperature": temperature,
+        "sampled_mean_reward": stats.sampled_mean_return,
+        "best_of_k_mean_reward": stats.best_of_k_mean_return,
+        "kept_count": stats.kept_count,
+        "kept_mean_reward": stats.kept_mean_return,
+        "loss": stats.loss,
+    }
+
+
+def _write_kept_text(kept: Sequence[KeptEpisode], tokenizer, path: Path) -> None:
+    """The kept set, readable: prompt, best response, its reward and round."""
+
+    def text(ids: torch.Tensor, mask: torch.Tensor) -> str:
+        return tokenizer.decode(ids[mask.bool()].tolist(), skip_special_tokens=True)
+
+    write_jsonl_atomically(
+        path,
+        (
+            {
+                "prompt": text(k.episode.prompt_ids[0], k.episode.prompt_mask[0]),
+                "response": text(k.episode.response_ids[0], k.episode.mask[0]),
+                "reward": k.episode_return,
+                "round": k.round,
+            }
+            for k in kept
+        ),
+    )
+
+
+def ppo_stage(
+    config: PipelineConfig,
+    round_index: int,
+    policy_checkpoint: str,
+    reward_models: dict[str, dict[str, object]],
+    directory: Path,
+) -> dict[str, object]:
+    """PPO on top of the rejection-sampled model (Llama 2's last round)."""
+    settings = config.ppo
+    rlhf = RLHFConfig.from_preset(
+        settings.preset,
+        policy=policy_checkpoint,
+        helpfulness_rm=str(reward_models["helpfulness"]["checkpoint"]),
+        safety_rm=str(reward_models["safety"]["checkpoint"]),
+        output_dir=directory,
+        world_split_seed=config.seed,
+        iterations=settings.iterations,
+        batch_size=settings.batch_size,
+        learning_rate=settings.learning_rate,
+        kl_coef=settings.kl_coef,
+        target_kl=settings.target_kl,
+        max_new_tokens=config.evaluation.max_new_tokens,
+        eval_every=settings.iterations,
+        save_every=max(1, settings.iterations // 3),
+        seed=config.seed * 1000 + round_index,
+        device=config.device,
+    )
+    result = train_rlhf_ppo(rlhf)
+    final = result.history[-1]
+    return {
+        "checkpoint": str(result.checkpoint),
+        "history": result.history,
+        "final_kl": final["objective/kl"],
+        "final_rlhf_reward": final["objective/rlhf_reward"],
+    }
+
+
+def greedy_test_responses(config: PipelineConfig, checkpoint: str) -> list[str]:
+    model, tokenizer = load_causal_lm(checkpoint, device=config.device)
+    prompts = [t.prompt for t in split_tasks("test", config.seed)]
+    return generate_responses(model, tokenizer, prompts, GREEDY, config.evaluation.max_new_tokens)
+
+
+def evaluation_stage(
+    config: PipelineConfig,
+    checkpoint: str,
+    sft_responses: list[str] | None,
+    previous_responses: list[str] | None,
+) -> dict[str, object]:
+    """Gold helpfulness and safety on the held-out test split (greedy), and the gold
+    win rate against SFT and against the previous version."""
+    tasks = split_tasks("test", config.seed)
+    responses = greedy_test_responses(config, checkpoint)
+    mine = evaluate_responses(tasks, responses, sft_responses)
+    against_previous = (
+        evaluate_responses(tasks, responses, previous_responses).win_rate
+        if previous_responses is not None
+        else None
+    )
+    return {
+        "checkpoint": checkpoint,
+        "gold_helpfulness": mine.mean_helpfulness,
+        "gold_safety": mine.mean_safety,
+        "refusal_rate_on_safe": mine.refusal_rate_on_safe,
+        "win_rate_vs_sft": mine.win_rate if sft_responses is not None else 0.5,
+        "win_rate_vs_previous": against_previous,
+        "responses": responses,
+    }
+
+
+def test_prompt_sample(config: PipelineConfig, count: int) -> list[Task]:
+    """A seeded subset of the test split for the report's sampling figures."""
+    tasks = split_tasks("test", config.seed)
+    rng = np.random.default_rng(config.seed)
+    return [tasks[i] for i in rng.permutation(len(tasks))[:count]]
