@@ -40,6 +40,9 @@ class TokenSegments(RowBatch):
     """``(B, T)`` float, 1 on generated tokens."""
     reference_log_probs: torch.Tensor
     """``(B, T)`` log pi_ref of each token (NaN when the env had no reference model)."""
+    group: torch.Tensor
+    """``(B,)`` int64 id of each row's start state (the env's prompt fingerprint): rows
+    with equal ids are samples from one prompt."""
 
 
 _FIELDS = {
@@ -53,8 +56,10 @@ _FIELDS = {
     "rewards": np.float32,
     "terminated": np.bool_,
     "truncated": np.bool_,
+    "group": np.int64,
 }
 _PROMPT_FIELDS = ("prompt_ids", "prompt_mask")
+_ROW_FIELDS = ("group",)
 
 
 class EpisodeBuffer:
@@ -67,11 +72,10 @@ class EpisodeBuffer:
         self.max_prompt_tokens = max_prompt_tokens
         self.max_new_tokens = max_new_tokens
         self.pad_token_id = pad_token_id
+        columns = {name: (max_prompt_tokens,) for name in _PROMPT_FIELDS}
+        columns.update({name: () for name in _ROW_FIELDS})
         self._data = {
-            name: np.zeros(
-                (capacity, max_prompt_tokens if name in _PROMPT_FIELDS else max_new_tokens),
-                dtype=dtype,
-            )
+            name: np.zeros((capacity, *columns.get(name, (max_new_tokens,))), dtype=dtype)
             for name, dtype in _FIELDS.items()
         }
         self.num_episodes = 0
@@ -86,7 +90,7 @@ class EpisodeBuffer:
         return int(self._data["response_mask"][: self.num_episodes].sum())
 
     def add_episodes(self, **rows: np.ndarray) -> None:
-        """Append ``(E, P)`` / ``(E, T)`` arrays for every field of ``_FIELDS``."""
+        """Append ``(E, P)`` / ``(E, T)`` / ``(E,)`` arrays for every field of ``_FIELDS``."""
         missing = set(_FIELDS) - set(rows)
         if missing:
             raise ValueError(f"add_episodes is missing fields {sorted(missing)}")
@@ -132,4 +136,5 @@ class EpisodeBuffer:
             truncated=stored["truncated"],
             mask=mask,
             reference_log_probs=stored["reference_log_probs"],
+            group=stored["group"],
         )

@@ -166,5 +166,12 @@ class MLPActorCriticPolicy(Policy):
         log_probs, entropy = self._log_probs_and_entropy(policy_output, segments.actions)
         return SegmentEvaluation(log_probs=log_probs, entropy=entropy, values=values)
 
+    def log_likelihoods(self, segments: Segments) -> torch.Tensor:
+        """``log pi(a_t | s_t)`` of the stored actions, with gradients, ``(B, T)``: what
+        behaviour cloning (rejection sampling's fine-tuning) maximises."""
+        policy_output = self.networks.policy_output(segments.observations)
+        log_probs, _ = self._log_probs_and_entropy(policy_output, segments.actions)
+        return log_probs
+
     def bootstrap_values(self, segments: Segments) -> torch.Tensor:
         return self.networks.value(segments.next_observations)

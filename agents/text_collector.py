@@ -3,7 +3,8 @@
 Each round resets the batched text env, lets the policy pick one token per row
 per step until every row has ended, and stores each episode once: prompt and
 response tokens, the policy's log-probs and values at acting time, the
-reference model's log-probs and the rewards. Rows advance together, so column
+reference model's log-probs, the rewards, and the row's start-state id (the env's
+``info["group"]``: rows sampled from one prompt share it). Rows advance together, so column
 ``t`` of the round is response token ``t`` of every row still running: no
 per-row Python work per token.
 """
@@ -81,7 +82,7 @@ class TextCollector(BatchedEnvCollector):
         """One lockstep batch of episodes; returns their returns and lengths."""
         env = self._text_env
         seed, self._seed = self._seed, None
-        observation, _ = env.reset(seed=seed)
+        observation, reset_info = env.reset(seed=seed)
         rows, limit = self._num_envs, env.max_new_tokens
         response = np.full((rows, limit), env.tokenizer.pad_token_id, dtype=np.int64)
         per_token = {
@@ -125,6 +126,7 @@ class TextCollector(BatchedEnvCollector):
             response_mask=response_mask,
             terminated=terminated,
             truncated=truncated,
+            group=reset_info["group"],
             **per_token,
         )
         return per_token["rewards"].sum(1), response_mask.sum(1)

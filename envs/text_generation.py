@@ -26,10 +26,18 @@ chosen device; its episodes run in lockstep (like ``model.generate``): a
 finished row waits, ignoring its actions, until every row is done, and
 ``reset`` starts the next batch (``autoreset_mode`` DISABLED).
 ``TextGenerationEnv`` is the single-sequence form.
+
+With ``samples_per_prompt = K`` each ``reset`` draws ``num_envs // K`` prompts and
+gives each to ``K`` contiguous rows: K samples from one start state, what
+best-of-K rejection sampling needs (the policy's and the reference's decoders
+prefill each distinct prompt once). ``info["group"]`` names each row's start
+state, a 64-bit fingerprint of its prompt, equal for equal prompts in any reset,
+so samples of one prompt can be grouped within a batch and across rounds.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -58,6 +66,12 @@ def text_observation_space(vocab_size: int, window: int) -> spaces.Dict:
     )
 
 
+def prompt_fingerprint(prompt: str) -> int:
+    """A signed 64-bit id of ``prompt``, the same in every process (unlike ``hash``)."""
+    digest = hashlib.blake2b(prompt.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little", signed=True)
+
+
 class TextGenerationVectorEnv(gym.vector.VectorEnv):
     """``num_envs`` text episodes as one batch on ``device``; see the module docstring."""
 
@@ -77,6 +91,7 @@ class TextGenerationVectorEnv(gym.vector.VectorEnv):
         missing_eos_penalty: float | None = None,
         use_chat_template: bool = True,
         device: str | torch.device = "cpu",
+        samples_per_prompt: int = 1,
     ) -> None:
         if tokenizer.eos_token_id is None or tokenizer.pad_token_id is None:
             raise ValueError("the tokenizer needs both an EOS and a PAD token")
@@ -85,7 +100,13 @@ class TextGenerationVectorEnv(gym.vector.VectorEnv):
                 "EOS and PAD are the same token; give the tokenizer a distinct PAD "
                 "(textrl.models.ensure_distinct_padding)"
             )
+        if samples_per_prompt < 1 or num_envs % samples_per_prompt:
+            raise ValueError(
+                f"num_envs={num_envs} must be a positive multiple of samples_per_prompt="
+                f"{samples_per_prompt} (each prompt fills samples_per_prompt rows)"
+            )
         self.num_envs = num_envs
+        self.samples_per_prompt = samples_per_prompt
         self.tokenizer = tokenizer
         self.prompt_source = PromptSource.coerce(prompts)
         self.reward_fn = reward_fn
@@ -157,7 +178,10 @@ class TextGenerationVectorEnv(gym.vector.VectorEnv):
                 "TextGenerationVectorEnv runs its episodes in lockstep and resets all rows "
                 "together; call reset() without a partial reset_mask"
             )
-        self._prompts = self.prompt_source.sample(self.np_random, self.num_envs)
+        distinct = self.prompt_source.sample(
+            self.np_random, self.num_envs // self.samples_per_prompt
+        )
+        self._prompts = [prompt for prompt in distinct for _ in range(self.samples_per_prompt)]
         prompt_ids, prompt_mask = self._tokenize_prompts(self._prompts)
         self._input_ids.fill_(self.tokenizer.pad_token_id)
         self._attention_mask.zero_()
@@ -167,7 +191,11 @@ class TextGenerationVectorEnv(gym.vector.VectorEnv):
         self._done = np.zeros(self.num_envs, dtype=bool)
         if self._reference is not None:
             self._reference_logits = self._reference.prefill(prompt_ids, prompt_mask)
-        return self._observation(), {"prompt": np.array(self._prompts, dtype=object)}
+        info = {
+            "prompt": np.array(self._prompts, dtype=object),
+            "group": np.array([prompt_fingerprint(p) for p in self._prompts], dtype=np.int64),
+        }
+        return self._observation(), info
 
     def _validated_actions(self, actions: Any) -> torch.Tensor:
         array = np.asarray(actions)

@@ -7,6 +7,11 @@ forward over the growing prefix. Sequences are laid out in a window with
 padding anywhere (left padding of prompts, holes after a finished response):
 the attention mask hides padding and position ids count only real tokens, so
 the logits equal those of an unpadded forward pass.
+
+Rows that are identical at prefill (K samples of one prompt, as in
+``num_return_sequences``) share one prefill: only the distinct rows go through
+the model, and each layer's keys and values are then gathered back to the full
+batch, so a prompt's K samples cost one prompt forward, not K.
 """
 
 from __future__ import annotations
@@ -33,8 +38,35 @@ class IncrementalDecoder:
 
     @torch.no_grad()
     def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Start a batch from ``(B, L)`` tokens; returns logits after each row's last real token."""
+        """Start a batch from ``(B, L)`` tokens; returns logits after each row's last real token.
+
+        Identical rows of ``(input_ids, attention_mask)`` are run once; the cache is
+        expanded to all ``B`` rows afterwards.
+        """
         attention_mask = attention_mask.long()
+        rows = torch.cat([input_ids, attention_mask], dim=1)  # (B, 2L)
+        distinct, row_of_distinct = torch.unique(rows, dim=0, return_inverse=True)  # (U, 2L), (B,)
+        deduplicate = distinct.shape[0] < rows.shape[0]
+        if deduplicate:
+            input_ids, unique_mask = distinct.split(input_ids.shape[1], dim=1)
+        else:
+            unique_mask = attention_mask
+        logits, cache, last_hidden = self._forward_prompts(input_ids, unique_mask)
+        if deduplicate:
+            cache.reorder_cache(row_of_distinct)  # each layer's keys/values: (U, ...) -> (B, ...)
+            logits = logits[row_of_distinct]
+            last_hidden = None if last_hidden is None else last_hidden[row_of_distinct]
+        self._cache = cache
+        self._attention_mask = attention_mask
+        self._next_positions = attention_mask.sum(-1)  # (B,) real tokens so far
+        self.last_hidden = last_hidden
+        return logits
+
+    def _forward_prompts(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, DynamicCache, torch.Tensor | None]:
+        """One cached forward: (logits after each row's last real token ``(B, V)``, the
+        cache, the final hidden state there ``(B, H)`` when asked for)."""
         positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (B, L)
         columns = torch.arange(1, attention_mask.shape[1] + 1, device=attention_mask.device)
         last = (attention_mask * columns).argmax(-1)  # (B,) each row's last real token
@@ -50,13 +82,9 @@ class IncrementalDecoder:
             output_hidden_states=self.output_hidden_states,
             logits_to_keep=kept_columns,
         )
-        self._cache = output.cache
-        self._attention_mask = attention_mask
-        self._next_positions = attention_mask.sum(-1)  # (B,) real tokens so far
         rows = torch.arange(input_ids.shape[0], device=input_ids.device)
-        if self.output_hidden_states:
-            self.last_hidden = output.hidden_states[-1][rows, last]
-        return output.logits[rows, row_column]  # (B, V)
+        last_hidden = output.hidden_states[-1][rows, last] if self.output_hidden_states else None
+        return output.logits[rows, row_column], output.cache, last_hidden
 
     @torch.no_grad()
     def advance(self, tokens: torch.Tensor, active: torch.Tensor | None = None) -> torch.Tensor:
