@@ -154,8 +154,15 @@ class LMActorCriticPolicy(Policy):
         return banned
 
     def _hidden_and_logits(
-        self, model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, with_logits: bool
+        self,
+        model: PreTrainedModel,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        logits_to_keep: int | None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Final hidden states ``(B, L, H)`` and the logits of the last ``logits_to_keep``
+        positions (None: no logits wanted; the LM head is the costliest matmul of a small
+        model, so it runs only where log-probs are read)."""
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         output = model(
             input_ids=ids,
@@ -163,30 +170,41 @@ class LMActorCriticPolicy(Policy):
             position_ids=positions,
             output_hidden_states=True,
             use_cache=False,
+            logits_to_keep=logits_to_keep or 1,
         )
-        return output.hidden_states[-1], (output.logits if with_logits else None)
+        return output.hidden_states[-1], (output.logits if logits_to_keep else None)
+
+    @staticmethod
+    def _window(segments: TokenSegments) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Prompt + response ids and mask without the columns that are padding in every row
+        (prompts are left-padded to the env's ``P`` slots), and the prompt width kept."""
+        filled = torch.nonzero(segments.prompt_mask.any(0))
+        first = int(filled[0]) if len(filled) else segments.prompt_mask.shape[1] - 1
+        ids = torch.cat([segments.prompt_ids[:, first:], segments.response_ids], dim=1)
+        mask = torch.cat([segments.prompt_mask[:, first:], segments.mask.long()], dim=1)
+        return ids, mask, segments.prompt_ids.shape[1] - first
 
     def _response_logits(
         self, segments: TokenSegments, model: PreTrainedModel | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
         """One forward of ``model`` (the policy's by default) over prompt + response: (logits
-        predicting each response token ``(B, T, V)``, final hidden states ``(B, P+T, H)``,
-        ids, mask)."""
-        prompt_length = segments.prompt_ids.shape[1]
+        predicting each response token ``(B, T, V)``, final hidden states ``(B, P'+T, H)``,
+        ids, mask, the kept prompt width ``P'``)."""
+        ids, mask, prompt_length = self._window(segments)
         response_length = segments.response_ids.shape[1]
-        ids = torch.cat([segments.prompt_ids, segments.response_ids], dim=1)  # (B, P+T)
-        mask = torch.cat([segments.prompt_mask, segments.mask.long()], dim=1)
-        hidden, logits = self._hidden_and_logits(model or self.model, ids, mask, with_logits=True)
+        # position P'-1+t holds the state before response token t: the last T+1 positions
+        # but the final one
+        hidden, logits = self._hidden_and_logits(
+            model or self.model, ids, mask, logits_to_keep=response_length + 1
+        )
         assert logits is not None
-        # position P-1+t holds the state before response token t
-        predicting = logits[:, prompt_length - 1 : prompt_length + response_length - 1]
-        return predicting, hidden, ids, mask
+        return logits[:, :-1], hidden, ids, mask, prompt_length
 
     def log_likelihoods(self, segments: TokenSegments) -> torch.Tensor:
         """``log p(a_t | s_t)`` of each response token at temperature 1, with gradients,
         ``(B, T)``: the prompt-masked likelihood that fine-tuning (rejection sampling)
         maximises."""
-        predicting, _, _, _ = self._response_logits(segments)
+        predicting, *_ = self._response_logits(segments)
         log_probs_all = torch.log_softmax(predicting.float(), dim=-1)
         return log_probs_all.gather(-1, segments.response_ids[..., None]).squeeze(-1)
 
@@ -205,19 +223,18 @@ class LMActorCriticPolicy(Policy):
         """``log pi_ref`` of each response token at the sampling temperature, ``(B, T)``."""
         reference, context = self._reference_context()
         with context:
-            predicting, _, _, _ = self._response_logits(segments, reference)
+            predicting, *_ = self._response_logits(segments, reference)
         log_probs_all = scaled_log_probs(predicting, self.sampling.temperature)
         return log_probs_all.gather(-1, segments.response_ids[..., None]).squeeze(-1)
 
     def evaluate_segments(self, segments: TokenSegments) -> SegmentEvaluation:
-        prompt_length = segments.prompt_ids.shape[1]
         response_length = segments.response_ids.shape[1]
-        predicting, hidden, ids, mask = self._response_logits(segments)
+        predicting, hidden, ids, mask, prompt_length = self._response_logits(segments)
         log_probs_all = scaled_log_probs(predicting, self.sampling.temperature)
         log_probs = log_probs_all.gather(-1, segments.response_ids[..., None]).squeeze(-1)
         entropy = -(log_probs_all.exp() * log_probs_all).sum(-1)
         if self.critic_model is not None:
-            hidden, _ = self._hidden_and_logits(self.critic_model, ids, mask, with_logits=False)
+            hidden, _ = self._hidden_and_logits(self.critic_model, ids, mask, logits_to_keep=None)
         state_hidden = hidden[:, prompt_length - 1 : prompt_length + response_length]  # (B,T+1,H)
         all_values = self.value_head(state_hidden.to(self.value_head.weight.dtype)).squeeze(-1)
         return SegmentEvaluation(

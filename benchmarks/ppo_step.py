@@ -86,13 +86,11 @@ from rollout import (
     process_peak_rss_mb,
     process_status_kib,
 )
-from tianshou.algorithm.optim import TorchOptimizerFactory
 from tianshou.utils.torch_utils import policy_within_training_step, torch_train_mode
 from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from agents.lm_policy import LMActorCriticPolicy
-from agents.ppo import PPO
 from agents.text_collector import TextCollector
 from envs.text_generation import TextGenerationVectorEnv
 from textrl.chat import format_prompt
@@ -101,7 +99,7 @@ from textrl.generation import generate_responses
 from textrl.models import disable_dropout, load_causal_lm, tiny_llama
 from textrl.prompts import PromptSource
 from textrl.reward_model import encode_pairs, load_reward_model
-from textrl.rlhf_ppo import RLHFConfig
+from textrl.rlhf_ppo import ADAM_BETAS, ADAM_EPS, RLHFConfig, build_ppo
 from textrl.sampling import SamplingConfig
 from textrl.tokenization import build_char_tokenizer
 from textrl.world.splits import split_tasks
@@ -121,9 +119,6 @@ REWARD_MAX_LENGTH = 256
 """``textrl.reward_model.score``'s default, which ``CombinedReward`` scores with."""
 RLHF = RLHFConfig(policy="", helpfulness_rm="", output_dir=Path())
 """``textrl ppo``'s defaults, read for the PPO and optimizer settings."""
-ADAM_BETAS = (0.9, 0.95)
-ADAM_EPS = 1e-5
-"""``rlhf_ppo``'s AdamW constants (not configuration fields there)."""
 
 
 @dataclass(frozen=True)
@@ -338,26 +333,7 @@ class PPOIteration:
             eos_token_id=models.tokenizer.eos_token_id,
             reference_model=models.reference,
         )
-        self.algorithm = PPO(
-            policy=self.policy,
-            optim=TorchOptimizerFactory(
-                torch.optim.AdamW,
-                lr=RLHF.learning_rate,
-                betas=ADAM_BETAS,
-                eps=ADAM_EPS,
-                weight_decay=RLHF.weight_decay,
-            ),
-            gamma=RLHF.gamma,
-            gae_lambda=RLHF.gae_lambda,
-            clip_epsilon=RLHF.clip_epsilon,
-            value_clip_epsilon=RLHF.value_clip_epsilon,
-            value_coef=RLHF.value_coef,
-            max_grad_norm=RLHF.max_grad_norm,
-            kl_coef=RLHF.kl_coef,
-            kl_estimator=RLHF.kl_estimator,
-            whiten_rewards=RLHF.whiten_rewards,
-            gradient_accumulation_steps=RLHF.gradient_accumulation,
-        )
+        self.algorithm = build_ppo(RLHF, self.policy)
         self.collector = TextCollector(self.algorithm, env, seed=SEED)
         self._generation = PhaseMeter(rss_resettable)
         self._scoring = PhaseMeter(rss_resettable)

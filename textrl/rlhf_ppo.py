@@ -213,6 +213,38 @@ def build_reward(
     )
 
 
+ADAM_BETAS = (0.9, 0.95)
+ADAM_EPS = 1e-5
+"""Llama 2's AdamW constants (section 2.2), used in every stage."""
+
+
+def build_ppo(config: RLHFConfig, policy: LMActorCriticPolicy) -> PPO:
+    """``agents.PPO`` with the run's shaping, clipping and AdamW settings."""
+    return PPO(
+        policy=policy,
+        optim=TorchOptimizerFactory(
+            torch.optim.AdamW,
+            lr=config.learning_rate,
+            betas=ADAM_BETAS,
+            eps=ADAM_EPS,
+            weight_decay=config.weight_decay,
+        ),
+        gamma=config.gamma,
+        gae_lambda=config.gae_lambda,
+        clip_epsilon=config.clip_epsilon,
+        value_clip_epsilon=config.value_clip_epsilon,
+        value_coef=config.value_coef,
+        max_grad_norm=config.max_grad_norm,
+        kl_coef=config.kl_coef,
+        kl_estimator=config.kl_estimator,
+        adaptive_kl=AdaptiveKLController(config.kl_coef, config.target_kl, config.kl_horizon)
+        if config.target_kl is not None
+        else None,
+        whiten_rewards=config.whiten_rewards,
+        gradient_accumulation_steps=config.gradient_accumulation,
+    )
+
+
 def _lora_model(model: PreTrainedModel, rank: int) -> PreTrainedModel:
     try:
         from peft import LoraConfig, get_peft_model
@@ -286,29 +318,7 @@ def _build_run(config: RLHFConfig, previous: Path | None, reward_fn: RewardFunct
         eos_token_id=tokenizer.eos_token_id,
         reference_model=reference,
     ).to(config.device)
-    algorithm = PPO(
-        policy=policy,
-        optim=TorchOptimizerFactory(
-            torch.optim.AdamW,
-            lr=config.learning_rate,
-            betas=(0.9, 0.95),
-            eps=1e-5,
-            weight_decay=config.weight_decay,
-        ),
-        gamma=config.gamma,
-        gae_lambda=config.gae_lambda,
-        clip_epsilon=config.clip_epsilon,
-        value_clip_epsilon=config.value_clip_epsilon,
-        value_coef=config.value_coef,
-        max_grad_norm=config.max_grad_norm,
-        kl_coef=config.kl_coef,
-        kl_estimator=config.kl_estimator,
-        adaptive_kl=AdaptiveKLController(config.kl_coef, config.target_kl, config.kl_horizon)
-        if config.target_kl is not None
-        else None,
-        whiten_rewards=config.whiten_rewards,
-        gradient_accumulation_steps=config.gradient_accumulation,
-    )
+    algorithm = build_ppo(config, policy)
     collector = TextCollector(algorithm, env)
     writer = SummaryWriter(str(config.output_dir / "tensorboard"))
     return _Run(

@@ -34,7 +34,7 @@ from textrl.reward_model import (
     load_reward_model,
     train_reward_model,
 )
-from textrl.rlhf_ppo import RLHFConfig, train_rlhf_ppo
+from textrl.rlhf_ppo import ADAM_BETAS, ADAM_EPS, RLHFConfig, train_rlhf_ppo
 from textrl.sampling import SamplingConfig
 from textrl.sft import SFTConfig, save_checkpoint, train_sft
 from textrl.tokenization import build_char_tokenizer
@@ -293,7 +293,7 @@ def rejection_sampling_stage(
     algorithm = RejectionSampling(
         policy=policy,
         optim=TorchOptimizerFactory(
-            torch.optim.AdamW, lr=settings.learning_rate, betas=(0.9, 0.95), eps=1e-5
+            torch.optim.AdamW, lr=settings.learning_rate, betas=ADAM_BETAS, eps=ADAM_EPS
         ),
         samples_per_start=k,
         keep_best_of_all_rounds=settings.keep_best_of_all_rounds,
