@@ -6,6 +6,11 @@ which keeps the backbone's weights from the policy checkpoint and scores the
 last real token). Loss: ``-log sigmoid(r_chosen - r_rejected - m(rating))``.
 One epoch, AdamW, cosine schedule with 3% warm-up. Accuracy is reported
 overall and per rating, as in the paper's Table 8.
+
+Under ``torchrun`` the model is wrapped in DDP and each step's global batch of
+``world_size * batch_size`` pairs is split into one shard per rank; the loss mean
+over the global batch is kept exact as in SFT (``textrl.distributed.shard``).
+Rank 0 alone logs and writes the checkpoint.
 """
 
 from __future__ import annotations
@@ -27,11 +32,12 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from textrl import distributed
 from textrl.chat import format_prompt
 from textrl.lm_losses import MarginTable, margin_ranking_loss, margins_for
 from textrl.models import ensure_distinct_padding, model_directory
 from textrl.optim import adamw_with_cosine
-from textrl.sft import save_checkpoint
+from textrl.sft import checkpoint_path, save_checkpoint
 from textrl.world.annotator import RATINGS
 from textrl.world.preferences import PreferencePair, read_preferences
 
@@ -54,7 +60,7 @@ class RewardModelConfig:
     learning_rate: float = 1e-5
     """Peak AdamW step size (Llama 2: 5e-6 for 70B, 1e-5 otherwise; more for tiny models)."""
     batch_size: int = 16
-    """Pairs per step."""
+    """Pairs per step (per rank under torchrun)."""
     weight_decay: float = 0.1
     warmup_fraction: float = 0.03
     max_length: int = 256
@@ -155,60 +161,80 @@ def accuracy_by_rating(
 
 
 def train_reward_model(config: RewardModelConfig) -> RewardModelResult:
-    """Train on ``config.category``'s pairs of ``config.train``; returns the checkpoint."""
-    torch.manual_seed(config.seed)
+    """Train on ``config.category``'s pairs of ``config.train``; returns the checkpoint.
+
+    Launched by ``torchrun``, every rank runs this with the same config.
+    """
+    context = distributed.setup(config.device)
+    torch.manual_seed(config.seed)  # the same scalar head on every rank
     pairs = [p for p in read_preferences(config.train) if p.category == config.category]
     if not pairs:
         raise ValueError(f"{config.train}: no pairs of category {config.category!r}")
-    model, tokenizer = load_reward_model(config.policy, config.device)
-    steps_per_epoch = math.ceil(len(pairs) / config.batch_size)
+    model, tokenizer = load_reward_model(config.policy, context.device)
+    torch.manual_seed(distributed.rank_seed(config.seed))
+    pairs_per_step = config.batch_size * context.world_size
+    steps_per_epoch = math.ceil(len(pairs) / pairs_per_step)
     total_steps = config.epochs * steps_per_epoch
     optimizer, scheduler = adamw_with_cosine(
         model, config.learning_rate, config.weight_decay, total_steps, config.warmup_fraction
     )
-    writer = SummaryWriter(str(config.output_dir / "tensorboard"))
+    writer = (
+        SummaryWriter(str(config.output_dir / "tensorboard")) if context.is_main_process else None
+    )
     result = RewardModelResult(checkpoint=Path())
     model.train()
+    trained = distributed.wrap(model, context)
     start = time.perf_counter()
-    for step in tqdm(range(total_steps), desc=f"reward model ({config.category})"):
+    steps = tqdm(
+        range(total_steps),
+        desc=f"reward model ({config.category})",
+        disable=not context.is_main_process,
+    )
+    for step in steps:
         epoch, position = divmod(step, steps_per_epoch)
         order = torch.randperm(
             len(pairs), generator=torch.Generator().manual_seed(config.seed + epoch)
         )
-        batch = [
-            pairs[i]
-            for i in order[position * config.batch_size : (position + 1) * config.batch_size]
-        ]
+        rows = order[position * pairs_per_step : (position + 1) * pairs_per_step]
+        part = distributed.shard(rows, len(rows))
+        batch = [pairs[i] for i in part.rows]
         rewards = score(
-            model,
+            trained,
             tokenizer,
             [p.prompt for p in batch] * 2,
             [p.chosen for p in batch] + [p.rejected for p in batch],
             config.max_length,
         )
-        loss = margin_ranking_loss(
+        pair_loss_sum = margin_ranking_loss(
             rewards[: len(batch)],
             rewards[len(batch) :],
             margins_for([p.rating for p in batch], config.margin).to(rewards.device),
-        )
+        ) * len(batch)
+        scaled_loss = pair_loss_sum * part.loss_scale
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        scaled_loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         scheduler.step()
-        result.losses.append(loss.item())
-        writer.add_scalar(f"rm/{config.category}/loss", loss.item(), step + 1)
+        loss = distributed.global_mean(scaled_loss)
+        result.losses.append(loss)
+        if writer is not None:
+            writer.add_scalar(f"rm/{config.category}/loss", loss, step + 1)
     elapsed = time.perf_counter() - start
     result.pairs_per_second = len(pairs) * config.epochs / elapsed if elapsed > 0 else 0.0
     model.eval()
-    result.checkpoint = save_checkpoint(
-        config.output_dir,
-        total_steps,
-        model,
-        tokenizer,
-        {"step": total_steps, "category": config.category},
-    )
-    writer.close()
+    if context.is_main_process:
+        save_checkpoint(
+            config.output_dir,
+            total_steps,
+            model,
+            tokenizer,
+            {"step": total_steps, "category": config.category},
+        )
+    distributed.barrier()
+    result.checkpoint = checkpoint_path(config.output_dir, total_steps)
+    if writer is not None:
+        writer.close()
     return result
 
 

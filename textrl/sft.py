@@ -7,6 +7,15 @@ Checkpoints are Hugging Face directories (``from_pretrained`` loads them) plus
 ``training_state.pt`` (optimizer, schedule, step, RNG), each written to a
 hidden staging directory and renamed into place, so a run killed at any
 moment keeps its last checkpoint and resumes to the same weights.
+
+Under ``torchrun`` (``textrl.distributed``) the model is wrapped in DDP and each
+optimizer step's global batch of ``world_size * batch_size * gradient_accumulation``
+sequences is split into one contiguous shard per rank. The step's loss is the mean
+over *all* its answer tokens, ``sum_r sum_{t in shard r} CE_t / N`` with ``N`` the
+global answer-token count (known on every rank: all of them hold the packed data),
+so each rank back-propagates ``world_size * sum_{t in shard r} CE_t / N`` and DDP's
+gradient average makes the step exactly that of one process over the global batch.
+Rank 0 alone logs and writes checkpoints; they load in a single process.
 """
 
 from __future__ import annotations
@@ -25,10 +34,17 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from textrl.lm_losses import prompt_masked_lm_loss
+from textrl import distributed
+from textrl.lm_losses import IGNORE_INDEX, prompt_masked_lm_loss
 from textrl.models import load_causal_lm
 from textrl.optim import adamw_with_cosine
-from textrl.sft_data import pack, packed_attention_mask, read_conversations, tokenize_conversation
+from textrl.sft_data import (
+    PackedSequences,
+    pack,
+    packed_attention_mask,
+    read_conversations,
+    tokenize_conversation,
+)
 
 logger = logging.getLogger(__name__)
 CHECKPOINT_PREFIX = "checkpoint-"
@@ -50,7 +66,7 @@ class SFTConfig:
     learning_rate: float = 2e-5
     """Peak AdamW step size (scale it up for tiny models, e.g. 1e-3)."""
     batch_size: int = 8
-    """Packed sequences per micro-batch."""
+    """Packed sequences per micro-batch (per rank under torchrun)."""
     gradient_accumulation: int = 1
     """Micro-batches per optimizer step."""
     sequence_length: int = 256
@@ -87,6 +103,15 @@ def checkpoints(output_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]))
 
 
+def checkpoint_path(output_dir: Path, step: int) -> Path:
+    return output_dir / f"{CHECKPOINT_PREFIX}{step:06d}"
+
+
+def answer_tokens(labels: torch.Tensor) -> int:
+    """Tokens ``prompt_masked_lm_loss`` averages over in ``labels (B, L)``."""
+    return int((labels[:, 1:] != IGNORE_INDEX).sum())
+
+
 def save_checkpoint(
     output_dir: Path,
     step: int,
@@ -95,7 +120,7 @@ def save_checkpoint(
     state: dict[str, object],
 ) -> Path:
     """Write ``checkpoint-<step>`` via a staging directory and an atomic rename."""
-    target = output_dir / f"{CHECKPOINT_PREFIX}{step:06d}"
+    target = checkpoint_path(output_dir, step)
     staging = Path(tempfile.mkdtemp(dir=output_dir, prefix=f".{target.name}."))
     try:
         model.save_pretrained(staging, safe_serialization=True)
@@ -109,18 +134,23 @@ def save_checkpoint(
 
 
 def train_sft(config: SFTConfig, stop_after_steps: int | None = None) -> SFTResult:
-    """Train (or resume) an SFT run; ``stop_after_steps`` ends early, as a kill would."""
+    """Train (or resume) an SFT run; ``stop_after_steps`` ends early, as a kill would.
+
+    Launched by ``torchrun``, every rank runs this with the same config (see the module
+    docstring for how the global batch is sharded and the loss weighted).
+    """
+    context = distributed.setup(config.device)
     config.output_dir.mkdir(parents=True, exist_ok=True)
     previous = checkpoints(config.output_dir)
     model_source = str(previous[-1]) if previous else config.model
-    torch.manual_seed(config.seed)
-    model, tokenizer = load_causal_lm(model_source, device=config.device)
+    torch.manual_seed(distributed.rank_seed(config.seed))
+    model, tokenizer = load_causal_lm(model_source, device=context.device)
     examples = [
         tokenize_conversation(tokenizer, messages, where)
         for where, messages in read_conversations(config.data)
     ]
     packed = pack(examples, config.sequence_length, tokenizer.pad_token_id)
-    sequences_per_step = config.batch_size * config.gradient_accumulation
+    sequences_per_step = config.batch_size * config.gradient_accumulation * context.world_size
     steps_per_epoch = math.ceil(len(packed.input_ids) / sequences_per_step)
     total_steps = config.epochs * steps_per_epoch
     optimizer, scheduler = adamw_with_cosine(
@@ -132,16 +162,25 @@ def train_sft(config: SFTConfig, stop_after_steps: int | None = None) -> SFTResu
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step = state["step"]
-        torch.random.set_rng_state(state["torch_rng"])
+        _restore_rng(state["torch_rng_by_rank"], context)
         logger.info("resuming %s at step %d of %d", previous[-1], step, total_steps)
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     model.train()
-    writer = SummaryWriter(str(config.output_dir / "tensorboard"))
+    trained = distributed.wrap(model, context)
+    writer = (
+        SummaryWriter(str(config.output_dir / "tensorboard")) if context.is_main_process else None
+    )
     result = SFTResult(checkpoint=previous[-1] if previous else Path(), steps=step)
     trained_tokens, start = 0, time.perf_counter()
     end_step = total_steps if stop_after_steps is None else min(total_steps, stop_after_steps)
-    progress = tqdm(range(step, end_step), desc="sft", initial=step, total=total_steps)
+    progress = tqdm(
+        range(step, end_step),
+        desc="sft",
+        initial=step,
+        total=total_steps,
+        disable=not context.is_main_process,
+    )
     for step in progress:
         epoch, position = divmod(step, steps_per_epoch)
         order = torch.randperm(
@@ -149,48 +188,83 @@ def train_sft(config: SFTConfig, stop_after_steps: int | None = None) -> SFTResu
         )
         rows = order[position * sequences_per_step : (position + 1) * sequences_per_step]
         optimizer.zero_grad(set_to_none=True)
-        step_loss = 0.0
-        for micro_rows in rows.split(config.batch_size):
-            labels = packed.labels[micro_rows].to(config.device)
-            with torch.autocast(
-                torch.device(config.device).type, dtype=torch.bfloat16, enabled=config.bf16
-            ):
-                logits = model(
-                    input_ids=packed.input_ids[micro_rows].to(config.device),
-                    attention_mask=packed_attention_mask(packed.segment_ids[micro_rows]).to(
-                        config.device
-                    ),
-                    position_ids=packed.position_ids[micro_rows].to(config.device),
-                ).logits
-                loss = prompt_masked_lm_loss(logits, labels) / math.ceil(
-                    len(rows) / config.batch_size
-                )
-            loss.backward()
-            step_loss += loss.item()
-            trained_tokens += int((packed.segment_ids[micro_rows] > 0).sum())
+        step_loss = _accumulate_gradients(trained, packed, rows, config, context)
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
         optimizer.step()
         scheduler.step()
+        trained_tokens += int((packed.segment_ids[rows] > 0).sum())
         result.losses.append(step_loss)
-        writer.add_scalar("sft/loss", step_loss, step + 1)
-        writer.add_scalar("sft/learning_rate", scheduler.get_last_lr()[0], step + 1)
+        if writer is not None:
+            writer.add_scalar("sft/loss", step_loss, step + 1)
+            writer.add_scalar("sft/learning_rate", scheduler.get_last_lr()[0], step + 1)
         progress.set_postfix(loss=f"{step_loss:.3f}")
         if (step + 1) % config.save_every_steps == 0 or step + 1 in (end_step, total_steps):
-            result.checkpoint = save_checkpoint(
-                config.output_dir,
-                step + 1,
-                model,
-                tokenizer,
-                {
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "step": step + 1,
-                    "torch_rng": torch.random.get_rng_state(),
-                    "config": asdict(config),
-                },
-            )
+            rng_by_rank = distributed.all_gather_object(torch.random.get_rng_state())
+            if context.is_main_process:
+                save_checkpoint(
+                    config.output_dir,
+                    step + 1,
+                    model,
+                    tokenizer,
+                    {
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "step": step + 1,
+                        "torch_rng_by_rank": rng_by_rank,
+                        "config": asdict(config),
+                    },
+                )
+            distributed.barrier()  # the other ranks may read it (resume) once it is in place
+            result.checkpoint = checkpoint_path(config.output_dir, step + 1)
         result.steps = step + 1
     elapsed = time.perf_counter() - start
     result.tokens_per_second = trained_tokens / elapsed if elapsed > 0 else 0.0
-    writer.close()
+    if writer is not None:
+        writer.close()
     return result
+
+
+def _accumulate_gradients(
+    model: torch.nn.Module,
+    packed: PackedSequences,
+    rows: torch.Tensor,
+    config: SFTConfig,
+    context: distributed.Distributed,
+) -> float:
+    """Back-propagate this rank's shard of the step's ``rows``; returns the step's loss.
+
+    The step's loss is the mean over all its answer tokens on all ranks: each micro-batch
+    back-propagates its summed token loss times ``distributed.shard``'s scale, so neither
+    the split into ranks nor into micro-batches changes the gradient.
+    """
+    device = context.device
+    part = distributed.shard(rows, answer_tokens(packed.labels[rows]))
+    micro_batches = part.rows.split(config.batch_size)
+    scaled_loss = torch.zeros((), dtype=torch.float64, device=device)
+    for index, micro_rows in enumerate(micro_batches):
+        labels = packed.labels[micro_rows].to(device)
+        with distributed.gradient_sync(model, enabled=index == len(micro_batches) - 1):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
+                logits = model(
+                    input_ids=packed.input_ids[micro_rows].to(device),
+                    attention_mask=packed_attention_mask(packed.segment_ids[micro_rows]).to(device),
+                    position_ids=packed.position_ids[micro_rows].to(device),
+                ).logits  # (b, L, vocab)
+                token_loss_sum = prompt_masked_lm_loss(logits, labels) * answer_tokens(labels)
+            micro_loss = token_loss_sum * part.loss_scale
+            micro_loss.backward()
+        scaled_loss += micro_loss.detach().double()
+    return distributed.global_mean(scaled_loss)
+
+
+def _restore_rng(states: list[torch.Tensor], context: distributed.Distributed) -> None:
+    """Each rank continues its own random stream; a run resumed on a different number of
+    ranks keeps the fresh per-rank seeds instead (its streams cannot continue)."""
+    if len(states) == context.world_size:
+        torch.random.set_rng_state(states[context.rank])
+    else:
+        logger.warning(
+            "checkpoint saved by %d ranks, resumed on %d: random streams start afresh",
+            len(states),
+            context.world_size,
+        )

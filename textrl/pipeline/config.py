@@ -61,10 +61,12 @@ class RejectionSamplingSection:
     samples_per_prompt: int = 8
     """K, the samples drawn per prompt; the best by the combined reward is kept."""
     prompts_per_round: int = 512
-    temperatures: list[float] = field(default_factory=lambda: [1.0, 0.9, 0.8])
-    """Sampling temperature per round (re-tuned per round in Llama 2; the last repeats)."""
-    epochs: int = 2
-    learning_rate: float = 5e-4
+    candidate_temperatures: list[float] = field(default_factory=lambda: [0.5, 0.7, 0.9, 1.1])
+    """Re-tuned every round, as in Llama 2 (Figure 8): the candidate whose best of K samples
+    scores highest under the round's reward on ``temperature_prompts`` training prompts."""
+    temperature_prompts: int = 32
+    epochs: int = 1
+    learning_rate: float = 1e-4
     minibatch_size: int = 32
     keep_best_of_all_rounds: bool = True
 
@@ -72,9 +74,9 @@ class RejectionSamplingSection:
 @dataclass(frozen=True)
 class PPOSection:
     preset: str = "tiny"
-    iterations: int = 15
+    iterations: int = 10
     batch_size: int = 64
-    learning_rate: float = 1e-4
+    learning_rate: float = 3e-5
     kl_coef: float = 0.05
     target_kl: float | None = None
 

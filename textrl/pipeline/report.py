@@ -24,13 +24,12 @@ import torch
 
 from textrl.best_of_n import analytic_best_of_n_kl, empirical_best_of_n_kl, reward_by_n
 from textrl.combined_reward import CombinedReward
-from textrl.generation import generate_responses
 from textrl.models import load_causal_lm
 from textrl.pipeline import stages
 from textrl.pipeline.config import PipelineConfig
 from textrl.reports import markdown_table, reward_vs_kl_figure, write_report
-from textrl.sampling import SamplingConfig
-from textrl.world.annotator import RATINGS
+from textrl.world.annotator import RATINGS, category_of, gold_value
+from textrl.world.tasks import Task, judge
 
 FIGURE_TEMPERATURES = (0.6, 1.0, 1.4)
 BEST_OF_SIZES = (2, 4, 8, 16)
@@ -44,21 +43,27 @@ def sampled_rewards(
     temperature: float,
     reward: CombinedReward,
 ) -> tuple[list[list[str]], np.ndarray]:
-    """``samples`` responses per prompt and their rewards ``(prompts, samples)``."""
+    """``samples`` responses per prompt of a checkpoint and their rewards ``(prompts, samples)``."""
     model, tokenizer = load_causal_lm(checkpoint, device=config.device)
     torch.manual_seed(config.seed)
-    repeated = [p for p in prompts for _ in range(samples)]
-    responses = generate_responses(
-        model,
-        tokenizer,
-        repeated,
-        SamplingConfig(temperature=temperature),
-        config.evaluation.max_new_tokens,
-        batch_size=256,
+    return stages.sample_and_score(
+        model, tokenizer, prompts, samples, temperature, reward, config.evaluation.max_new_tokens
     )
-    rewards = np.asarray(reward(repeated, responses)).reshape(len(prompts), samples)
-    grouped = [responses[i * samples : (i + 1) * samples] for i in range(len(prompts))]
-    return grouped, rewards
+
+
+def gold_of_reward_choice(
+    tasks: Sequence[Task], responses: Sequence[Sequence[str]], rewards: np.ndarray, n: int
+) -> tuple[float, float, float]:
+    """Among the first ``n`` samples per prompt: the mean gold value (in the prompt's
+    category) of the reward model's favourite, of a random sample, and of the best one.
+    How far the first falls short of the third is how much the proxy can be trusted."""
+    chosen, random, best = [], [], []
+    for task, texts, scores in zip(tasks, responses, rewards, strict=True):
+        gold = [gold_value(judge(task, t), category_of(task.is_safety)) for t in texts[:n]]
+        chosen.append(gold[int(np.argmax(scores[:n]))])
+        random.append(float(np.mean(gold)))
+        best.append(max(gold))
+    return float(np.mean(chosen)), float(np.mean(random)), float(np.mean(best))
 
 
 def _lines_figure(
@@ -148,11 +153,14 @@ def write_pipeline_report(
     prompts = [t.prompt for t in tasks]
     n = config.evaluation.samples_for_figures
     by_temperature: dict[str, dict[float, np.ndarray]] = {}
+    responses_at_1: dict[str, list[list[str]]] = {}
     for name, version in versions.items():
-        by_temperature[name] = {
-            t: sampled_rewards(config, version["checkpoint"], prompts, n, t, reward)[1]
-            for t in FIGURE_TEMPERATURES
-        }
+        by_temperature[name] = {}
+        for t in FIGURE_TEMPERATURES:
+            texts, rewards = sampled_rewards(config, version["checkpoint"], prompts, n, t, reward)
+            by_temperature[name][t] = rewards
+            if t == 1.0:
+                responses_at_1[name] = texts
     sizes = [s for s in (1, 2, 4, 8, 16, 32, 64) if s <= n]
     last = list(versions)[-1]
     growth = {name: reward_by_n(by_temperature[name][1.0], sizes) for name in ("SFT", last)}
@@ -204,6 +212,7 @@ def write_pipeline_report(
         )
     growth_rows = [
         [name, r.n, r.mean_max_reward, r.mean_median_reward]
+        + list(gold_of_reward_choice(tasks, responses_at_1[name], by_temperature[name][1.0], r.n))
         for name, rows in growth.items()
         for r in rows
     ]
@@ -218,7 +227,21 @@ def write_pipeline_report(
         "## Reward-model accuracy per rating on test pairs (Llama 2 Table 8)\n\n"
         + _accuracy_table(rounds),
         "## Max and median reward among N samples (Figure 7)\n\n"
-        + markdown_table(["version", "N", "mean max reward", "mean median reward"], growth_rows),
+        + markdown_table(
+            [
+                "version",
+                "N",
+                "mean max reward",
+                "mean median reward",
+                "gold of the reward's pick",
+                "gold of a random sample",
+                "gold of the best sample",
+            ],
+            growth_rows,
+        )
+        + "\n\nGold columns judge the same samples: where the reward's pick is no better than a "
+        "random sample, the reward model cannot tell good answers from bad ones and neither "
+        "rejection sampling nor PPO can gain on it.",
         "## Mean max reward among N samples against temperature (Figure 8)\n\n"
         + markdown_table(["version", *(f"T={t}" for t in FIGURE_TEMPERATURES)], temperature_rows),
         f"## KL of best-of-N from SFT ({config.evaluation.kl_samples_per_prompt} samples for "

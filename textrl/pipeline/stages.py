@@ -17,12 +17,13 @@ import numpy as np
 import torch
 from tianshou.algorithm.optim import TorchOptimizerFactory
 from tianshou.utils.torch_utils import policy_within_training_step
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from agents.episode_buffer import EpisodeBuffer
 from agents.lm_policy import LMActorCriticPolicy
 from agents.rejection_sampling import KeptEpisode, RejectionSampling
 from agents.text_collector import TextCollector
-from envs.text_generation import TextGenerationVectorEnv
+from envs.text_generation import RewardFunction, TextGenerationVectorEnv
 from textrl.combined_reward import CombinedReward
 from textrl.generation import generate_responses
 from textrl.jsonl import write_jsonl_atomically
@@ -248,9 +249,56 @@ def combined_reward(
     )
 
 
-def _round_temperature(config: PipelineConfig, round_index: int) -> float:
-    temperatures = config.rejection_sampling.temperatures
-    return temperatures[min(round_index, len(temperatures)) - 1]
+def sample_and_score(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    samples: int,
+    temperature: float,
+    reward: RewardFunction,
+    max_new_tokens: int,
+) -> tuple[list[list[str]], np.ndarray]:
+    """``samples`` responses per prompt and their rewards ``(prompts, samples)``."""
+    repeated = [p for p in prompts for _ in range(samples)]
+    responses = generate_responses(
+        model,
+        tokenizer,
+        repeated,
+        SamplingConfig(temperature=temperature),
+        max_new_tokens,
+        batch_size=256,
+    )
+    rewards = np.asarray(reward(repeated, responses)).reshape(len(prompts), samples)
+    return [responses[i * samples : (i + 1) * samples] for i in range(len(prompts))], rewards
+
+
+def tuned_temperature(
+    config: PipelineConfig,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    reward: RewardFunction,
+    seed: int,
+) -> tuple[float, dict[float, float]]:
+    """The candidate temperature whose best of K samples has the highest mean reward on a
+    seeded sample of training prompts, and each candidate's score."""
+    settings = config.rejection_sampling
+    train = split_tasks("train", config.seed)
+    rng = np.random.default_rng(seed)
+    prompts = [train[i].prompt for i in rng.integers(0, len(train), settings.temperature_prompts)]
+    scores = {}
+    for temperature in settings.candidate_temperatures:
+        torch.manual_seed(seed)
+        _, rewards = sample_and_score(
+            model,
+            tokenizer,
+            prompts,
+            settings.samples_per_prompt,
+            temperature,
+            reward,
+            config.evaluation.max_new_tokens,
+        )
+        scores[temperature] = float(rewards.max(1).mean())
+    return max(scores, key=scores.get), scores
 
 
 def rejection_sampling_stage(
@@ -281,7 +329,8 @@ def rejection_sampling_stage(
         samples_per_prompt=k,
         device=config.device,
     )
-    temperature = _round_temperature(config, round_index)
+    temperature, temperature_scores = tuned_temperature(config, model, tokenizer, reward, seed)
+    torch.manual_seed(seed)
     policy = LMActorCriticPolicy(
         model=model,
         observation_space=env.single_observation_space,
@@ -325,6 +374,7 @@ def rejection_sampling_stage(
         "checkpoint": str(checkpoint),
         "kept": str(directory / KEPT_FILE),
         "temperature": temperature,
+        "best_of_k_reward_by_temperature": temperature_scores,
         "sampled_mean_reward": stats.sampled_mean_return,
         "best_of_k_mean_reward": stats.best_of_k_mean_return,
         "kept_count": stats.kept_count,

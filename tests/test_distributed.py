@@ -1,0 +1,165 @@
+"""Distributed equivalence on CPU (gloo, 2 processes): N ranks at per-rank batch B take the
+same steps as one process at batch N*B.
+
+Workers are started with ``torch.multiprocessing.spawn`` and join through the same
+``env://`` variables torchrun sets, so ``textrl.distributed.setup`` runs as in a launch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pickle
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from safetensors.torch import load_file
+
+from tests.text_fixtures import TOKENIZER, tiny_model
+from textrl import distributed
+from textrl.reward_model import RewardModelConfig, train_reward_model
+from textrl.sft import SFTConfig, checkpoints, train_sft
+from textrl.world.preferences import PreferencePair, write_preferences
+
+WORLD_SIZE = 2
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _worker(rank: int, port: int, job: Callable[[], object], output: Path) -> None:
+    """One launched rank: torchrun's environment, one thread, ``job``'s result pickled."""
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(WORLD_SIZE),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        OMP_NUM_THREADS="1",
+    )
+    torch.set_num_threads(1)
+    try:
+        result = job()
+    finally:
+        distributed.shutdown()
+    (output / f"rank{rank}.pkl").write_bytes(pickle.dumps(result))
+
+
+def launch(job: Callable[[], object], output: Path) -> list[object]:
+    """Run ``job`` on ``WORLD_SIZE`` ranks; each rank's return value, in rank order."""
+    output.mkdir(parents=True, exist_ok=True)
+    mp.spawn(_worker, args=(free_port(), job, output), nprocs=WORLD_SIZE, join=True)
+    return [pickle.loads((output / f"rank{r}.pkl").read_bytes()) for r in range(WORLD_SIZE)]
+
+
+def assert_same_weights(left: Path, right: Path) -> None:
+    """Equal up to float rounding: AdamW at lr 1e-2 turns last-bit gradient differences into
+    ~1e-5 weight differences, while a wrongly weighted gradient moves weights by ~lr."""
+    left_weights, right_weights = load_file(left), load_file(right)
+    assert left_weights.keys() == right_weights.keys()
+    for name, weights in left_weights.items():
+        torch.testing.assert_close(weights, right_weights[name], rtol=1e-4, atol=5e-5, msg=name)
+
+
+@pytest.fixture
+def base_model(tmp_path) -> Path:
+    directory = tmp_path / "base"
+    tiny_model().save_pretrained(directory)
+    TOKENIZER.save_pretrained(directory)
+    return directory
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSFT:
+    """A picklable job: ``train_sft(config)``."""
+
+    config: SFTConfig
+
+    def __call__(self) -> list[float]:
+        return train_sft(self.config).losses
+
+
+def test_sft_on_two_ranks_takes_the_steps_of_one_process_at_twice_the_batch(base_model, tmp_path):
+    data = tmp_path / "demos.jsonl"
+    pairs = [("abc", "cba"), ("hh", "h"), ("de", "ed"), ("fgh", "hgf"), ("a", "aaaa"), ("bb", "b")]
+    pairs = pairs * 4 + [("gg", "ab")]  # 13 packed rows: the last step's one row leaves rank 1 idle
+    data.write_text("".join(json.dumps({"prompt": p, "answer": a}) + "\n" for p, a in pairs))
+    config = SFTConfig(
+        model=str(base_model),
+        data=data,
+        output_dir=tmp_path / "one",
+        epochs=2,
+        learning_rate=1e-2,
+        batch_size=4,
+        sequence_length=16,
+        save_every_steps=100,
+    )
+    single = train_sft(config)
+    per_rank = dataclasses.replace(  # 2 ranks x 2 micro-batches of 1 row = 4 rows per step
+        config, output_dir=tmp_path / "two", batch_size=1, gradient_accumulation=2
+    )
+    losses = launch(TrainSFT(per_rank), tmp_path / "results")
+    assert losses[0] == losses[1]  # the logged loss is the global one on every rank
+    torch.testing.assert_close(
+        torch.tensor(losses[0]), torch.tensor(single.losses), rtol=1e-5, atol=0
+    )
+    written = checkpoints(per_rank.output_dir)
+    assert [p.name for p in written] == [single.checkpoint.name]  # one rank wrote it, once
+    assert_same_weights(single.checkpoint / "model.safetensors", written[0] / "model.safetensors")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainRewardModel:
+    """A picklable job: ``train_reward_model(config)``."""
+
+    config: RewardModelConfig
+
+    def __call__(self) -> list[float]:
+        return train_reward_model(self.config).losses
+
+
+def test_reward_model_on_two_ranks_takes_the_steps_of_one_process_at_twice_the_batch(
+    base_model, tmp_path
+):
+    ratings = ["significantly better", "better", "slightly better", "negligibly better/unsure"]
+    responses = ["cba", "h", "ed", "hgf", "aaaa", "b", "gg", "abcd", "e"]
+    pairs = [
+        PreferencePair(
+            prompt=prompt,
+            chosen=responses[i % len(responses)],
+            rejected=responses[(3 * i + 1) % len(responses)],
+            rating=ratings[i % len(ratings)],
+            category="helpfulness",
+            is_safety=False,
+            chosen_model="a",
+            rejected_model="b",
+        )
+        for i, prompt in enumerate(["abc", "hh", "de", "fgh", "a", "bb"] * 3)
+    ]  # 18 pairs at 8 per step: the last step's 2 pairs are one per rank
+    write_preferences(tmp_path / "pairs.jsonl", pairs)
+    config = RewardModelConfig(
+        policy=str(base_model),
+        train=tmp_path / "pairs.jsonl",
+        output_dir=tmp_path / "one",
+        epochs=2,
+        learning_rate=1e-2,
+        batch_size=8,
+    )
+    single = train_reward_model(config)
+    per_rank = dataclasses.replace(config, output_dir=tmp_path / "two", batch_size=4)
+    losses = launch(TrainRewardModel(per_rank), tmp_path / "results")
+    assert losses[0] == losses[1]
+    torch.testing.assert_close(
+        torch.tensor(losses[0]), torch.tensor(single.losses), rtol=1e-5, atol=0
+    )
+    written = checkpoints(per_rank.output_dir)
+    assert [p.name for p in written] == [single.checkpoint.name]
+    assert_same_weights(single.checkpoint / "model.safetensors", written[0] / "model.safetensors")
