@@ -148,7 +148,7 @@ def shard(rows: torch.Tensor, global_count: float) -> Shard:
     part = torch.tensor_split(rows, world_size())[rank()]
     if len(part) == 0:
         return Shard(rows=rows[:1], loss_scale=0.0)
-    return Shard(rows=part, loss_scale=1 / global_count)
+    return Shard(rows=part, loss_scale=world_size() / global_count)
 
 
 def global_mean(scaled_loss: torch.Tensor) -> float:
