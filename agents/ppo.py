@@ -5,6 +5,12 @@ The algorithm learns from trajectory segments (``agents.segments``): the
 policy scores whole ``[batch, time]`` rows in one call, so the same class trains
 an MLP on CartPole and a causal LM on text. The math (GAE, losses, whitening)
 lives in ``textrl``; this module only orchestrates it.
+
+Under torchrun every rank collects its own rollouts and runs this algorithm with
+``reduce_sum=textrl.distributed.all_reduce_sum``: reward whitening, advantage
+whitening and the adaptive KL controller's measured KL then use the statistics
+of all ranks' rollouts together, and each gradient step averages the ranks'
+gradients (as DDP would) in one all-reduce, so every rank takes the same step.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from agents.segment_policy import ReferenceScoringPolicy, SegmentPolicy
 from agents.segments import segments_from_buffer
 from textrl.gae import masked_gae
 from textrl.kl import AdaptiveKLController, KLEstimator
-from textrl.masked import masked_mean, masked_whiten
+from textrl.masked import ReduceSum, masked_mean, masked_whiten
 from textrl.ppo_losses import clipped_surrogate_loss, clipped_value_loss, explained_variance
 from textrl.reward_shaping import kl_shaped_rewards
 
@@ -116,6 +122,7 @@ class PPO(OnPolicyAlgorithm[Policy]):
         adaptive_kl: AdaptiveKLController | None = None,
         whiten_rewards: bool = False,
         gradient_accumulation_steps: int = 1,
+        reduce_sum: ReduceSum | None = None,
     ) -> None:
         """
         :param policy: a Tianshou policy that also implements ``SegmentPolicy``.
@@ -142,6 +149,8 @@ class PPO(OnPolicyAlgorithm[Policy]):
         :param gradient_accumulation_steps: split each minibatch into this many micro-batches
             whose gradients add up to the minibatch's (token-weighted, so the step equals one
             pass over the whole minibatch); bounds activation memory for long sequences.
+        :param reduce_sum: sums a tensor over the processes that each collected an equal
+            number of rows (``textrl.distributed.all_reduce_sum``); None for one process.
         """
         super().__init__(policy=policy)
         if not isinstance(policy, SegmentPolicy):
@@ -181,6 +190,7 @@ class PPO(OnPolicyAlgorithm[Policy]):
         self.kl_estimator = kl_estimator
         self.adaptive_kl = adaptive_kl
         self.whiten_rewards = whiten_rewards
+        self.reduce_sum = reduce_sum
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
         self._initial_learning_rates = [group["lr"] for group in self._torch_optimizer.param_groups]
 
@@ -259,12 +269,21 @@ class PPO(OnPolicyAlgorithm[Policy]):
             rewards, per_token_kl = kl_shaped_rewards(
                 rewards, log_probs, reference, segments.mask, kl_coef, self.kl_estimator
             )
-            sequence_kl = per_token_kl.sum(1).mean().item()
+            sequence_kls = per_token_kl.sum(1)  # (B,)
+            sequence_kl = masked_mean(
+                sequence_kls, torch.ones_like(sequence_kls), self.reduce_sum
+            ).item()
             if self.adaptive_kl is not None:
-                self.adaptive_kl.update(sequence_kl, segments.num_rows)
+                self.adaptive_kl.update(sequence_kl, self._rows_of_all_processes(segments))
         if self.whiten_rewards:
-            rewards = masked_whiten(rewards, segments.mask, shift_mean=False)
+            rewards = masked_whiten(
+                rewards, segments.mask, shift_mean=False, reduce_sum=self.reduce_sum
+            )
         return rewards, kl_coef, sequence_kl
+
+    def _rows_of_all_processes(self, segments: RowBatch) -> int:
+        rows = torch.tensor(segments.num_rows, device=segments.mask.device)
+        return int(rows if self.reduce_sum is None else self.reduce_sum(rows))
 
     def _update_with_batch(
         self, batch: PPORollout, batch_size: int | None, repeat: int
@@ -284,7 +303,9 @@ class PPO(OnPolicyAlgorithm[Policy]):
         stop = False
         for _ in range(repeat):
             for rows in torch.randperm(num_rows).split(rows_per_minibatch):
-                step_metrics = self._accumulate_gradients(batch.select(rows), clip_epsilon)
+                step_metrics = self._average_over_processes(
+                    self._accumulate_gradients(batch.select(rows), clip_epsilon)
+                )
                 if self.target_kl is not None and step_metrics["policy/approxkl"] > self.target_kl:
                     self._torch_optimizer.zero_grad()
                     stop = True
@@ -304,6 +325,21 @@ class PPO(OnPolicyAlgorithm[Policy]):
             metrics, fraction, clip_epsilon, epochs_completed, rollout_explained_variance, batch
         )
 
+    def _average_over_processes(self, metrics: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Gradients and minibatch metrics averaged over processes, in one all-reduce: every
+        rank then takes the same step and the same ``target_kl`` decision."""
+        if self.reduce_sum is None:
+            return metrics
+        parameters = [p for p in self.policy.parameters() if p.grad is not None]
+        gradients = [p.grad.flatten() for p in parameters]
+        values = torch.stack([metrics[key] for key in metrics]).to(gradients[0])
+        total = self.reduce_sum(torch.cat([*gradients, values, values.new_ones(1)]))
+        mean = total[:-1] / total[-1]  # the last entry counts the processes
+        sizes = [g.numel() for g in gradients]
+        for parameter, gradient in zip(parameters, mean[: sum(sizes)].split(sizes), strict=True):
+            parameter.grad.copy_(gradient.view_as(parameter.grad))
+        return dict(zip(metrics, mean[-len(metrics) :], strict=True))
+
     def _accumulate_gradients(
         self, minibatch: PPORollout, clip_epsilon: float
     ) -> dict[str, torch.Tensor]:
@@ -315,7 +351,7 @@ class PPO(OnPolicyAlgorithm[Policy]):
         """
         self._torch_optimizer.zero_grad()
         advantages = (
-            masked_whiten(minibatch.advantages, minibatch.segments.mask)
+            masked_whiten(minibatch.advantages, minibatch.segments.mask, reduce_sum=self.reduce_sum)
             if self.normalize_advantages
             else minibatch.advantages
         )

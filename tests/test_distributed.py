@@ -19,9 +19,16 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
+from tianshou.algorithm.algorithm_base import policy_within_training_step
+from tianshou.algorithm.optim import AdamOptimizerFactory
 
-from tests.text_fixtures import TOKENIZER, tiny_model
+from agents import PPO
+from agents.ppo import PPORollout
+from agents.text_collector import TextCollector
+from tests.text_fixtures import TOKENIZER, text_env_and_policy, tiny_model
 from textrl import distributed
+from textrl.kl import AdaptiveKLController
+from textrl.masked import masked_whiten
 from textrl.reward_model import RewardModelConfig, train_reward_model
 from textrl.sft import SFTConfig, checkpoints, train_sft
 from textrl.world.preferences import PreferencePair, write_preferences
@@ -163,3 +170,87 @@ def test_reward_model_on_two_ranks_takes_the_steps_of_one_process_at_twice_the_b
     written = checkpoints(per_rank.output_dir)
     assert [p.name for p in written] == [single.checkpoint.name]
     assert_same_weights(single.checkpoint / "model.safetensors", written[0] / "model.safetensors")
+
+
+class RolloutRecordingPPO(PPO):
+    """PPO that keeps the rollout its update preprocessed, for the test to inspect."""
+
+    rollout: PPORollout
+
+    def _preprocess_batch(self, batch, buffer, indices) -> PPORollout:
+        self.rollout = super()._preprocess_batch(batch, buffer, indices)
+        return self.rollout
+
+
+def new_controller() -> AdaptiveKLController:
+    return AdaptiveKLController(value=0.1, target=0.5, horizon=20)
+
+
+def ppo_on_rank() -> dict[str, object]:
+    """Each rank collects its own 4 responses (its own sampling seed) and takes PPO steps
+    with globally reduced statistics; returns what the parent checks."""
+    distributed.setup("cpu")
+    env, policy = text_env_and_policy(num_envs=4, max_new_tokens=6)
+    torch.manual_seed(distributed.rank_seed(0))
+    algorithm = RolloutRecordingPPO(
+        policy=policy,
+        optim=AdamOptimizerFactory(lr=1e-3),
+        gamma=1.0,
+        adaptive_kl=new_controller(),
+        whiten_rewards=True,
+        reduce_sum=distributed.all_reduce_sum,
+    )
+    collector = TextCollector(algorithm, env, seed=distributed.rank())
+    with policy_within_training_step(policy):
+        collector.collect(n_episode=4)
+        stats = algorithm.update(collector.buffer, batch_size=2 * 6, repeat=2)
+    rollout = algorithm.rollout
+    mask = rollout.segments.mask
+    return {
+        "mask": mask,
+        "rewards": rollout.segments.rewards,
+        "log_probs": rollout.old_log_probs,
+        "reference_log_probs": rollout.segments.reference_log_probs,
+        "advantages": rollout.advantages,
+        "sequence_kl": stats.sequence_kl,
+        "kl_coef_after": algorithm.adaptive_kl.value,
+        "gradient_steps": stats.gradient_steps,
+        "whitened_rewards": masked_whiten(
+            rollout.segments.rewards, mask, shift_mean=False, reduce_sum=distributed.all_reduce_sum
+        ),
+        "whitened_advantages": masked_whiten(
+            rollout.advantages, mask, reduce_sum=distributed.all_reduce_sum
+        ),
+        "parameters": torch.cat([p.detach().flatten() for p in policy.parameters()]),
+    }
+
+
+def full_batch(results: list[dict[str, object]], key: str) -> torch.Tensor:
+    """The ranks' ``(B_r, T_r)`` tensors as one ``(sum B_r, max T_r)`` batch, zero-padded."""
+    width = max(r[key].shape[1] for r in results)
+    return torch.cat(
+        [torch.nn.functional.pad(r[key], (0, width - r[key].shape[1])) for r in results]
+    )
+
+
+def test_ppo_on_two_ranks_reduces_its_statistics_over_the_full_batch(tmp_path):
+    results = launch(ppo_on_rank, tmp_path / "results")
+    assert not torch.equal(results[0]["log_probs"], results[1]["log_probs"]), (
+        "the ranks sampled the same responses; their seeds do not differ"
+    )
+    mask = full_batch(results, "mask")
+    per_token_kl = full_batch(results, "log_probs") - full_batch(results, "reference_log_probs")
+    full_sequence_kl = (per_token_kl * mask).sum(1).mean().item()
+    controller = new_controller()
+    controller.update(full_sequence_kl, num_sequences=mask.shape[0])
+    for result in results:
+        assert result["sequence_kl"] == pytest.approx(full_sequence_kl, rel=1e-5)
+        assert result["kl_coef_after"] == pytest.approx(controller.value, rel=1e-6)
+    for key, source, options in [
+        ("whitened_rewards", "rewards", {"shift_mean": False}),
+        ("whitened_advantages", "advantages", {}),
+    ]:
+        expected = masked_whiten(full_batch(results, source), mask, **options)
+        torch.testing.assert_close(full_batch(results, key), expected, rtol=1e-5, atol=1e-6)
+    assert results[0]["gradient_steps"] == results[1]["gradient_steps"] > 0
+    torch.testing.assert_close(results[0]["parameters"], results[1]["parameters"])
