@@ -24,7 +24,7 @@ from torch.utils.tensorboard import SummaryWriter
 from agents.mlp_policy import MLPActorCriticPolicy
 from agents.ppo import PPO
 from agents.vector_collector import VectorEnvCollector
-from envs.vector import make_vector_env
+from envs.vector import VectorMode, make_vector_env
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,8 @@ class ClassicPPOConfig:
     """Budget of environment steps (training stops earlier once solved)."""
     num_envs: int = 8
     """Environments stepped in lockstep (one numpy array when Gymnasium has a native vector env)."""
+    vector: VectorMode = "auto"
+    """How the copies run: auto (native or in-process), sync, or subproc (a process each)."""
     steps_per_env: int = 32
     """Steps each environment contributes to one rollout (rollout = num_envs * steps_per_env)."""
     epochs: int = 10
@@ -186,8 +188,8 @@ def build_training(
 ) -> ClassicPPOTraining:
     """Policy, PPO, collectors and trainer parameters for ``config``; seeds torch and envs."""
     torch.manual_seed(seed)
-    training_env = make_vector_env(config.env_id, config.num_envs)
-    test_env = make_vector_env(config.env_id, config.eval_episodes)
+    training_env = make_vector_env(config.env_id, config.num_envs, config.vector)
+    test_env = make_vector_env(config.env_id, config.eval_episodes, config.vector)
     policy = MLPActorCriticPolicy(
         observation_space=training_env.single_observation_space,
         action_space=training_env.single_action_space,

@@ -2,6 +2,7 @@
 
     python examples/cartpole_ppo.py                      # CartPole-v1 to 500
     python examples/cartpole_ppo.py --env-id Pendulum-v1 # continuous actions
+    python examples/cartpole_ppo.py --vector subproc     # one process per env copy
     tensorboard --logdir runs
 
 Per-task defaults come from ``agents.classic_control.PRESETS``. Training stops
@@ -16,12 +17,14 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import get_args
 
 import gymnasium as gym
 import torch
 from tianshou.algorithm.algorithm_base import policy_within_training_step
 
 from agents.classic_control import build_training, preset, with_overrides
+from envs.vector import VectorMode
 from textrl.checkpoint import save_atomically
 
 
@@ -37,6 +40,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--num-envs", type=int, default=None, help="parallel environments (preset's by default)"
+    )
+    parser.add_argument(
+        "--vector",
+        choices=get_args(VectorMode),
+        default=None,
+        help="auto (native/in-process), sync, or subproc: one worker process per env copy, "
+        "for environments whose step is CPU-heavy (preset's by default)",
     )
     parser.add_argument(
         "--threads", type=int, default=1, help="torch CPU threads (1 is fastest for small MLPs)"
@@ -71,6 +81,7 @@ def main(args: argparse.Namespace) -> dict[str, object]:
         preset(args.env_id),
         total_steps=args.total_steps,
         num_envs=args.num_envs,
+        vector=args.vector,
         eval_episodes=args.eval_episodes,
     )
     training = build_training(

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 import pickle
+import runpy
 import socket
 from collections.abc import Callable
 from pathlib import Path
@@ -254,3 +255,20 @@ def test_ppo_on_two_ranks_reduces_its_statistics_over_the_full_batch(tmp_path):
         torch.testing.assert_close(full_batch(results, key), expected, rtol=1e-5, atol=1e-6)
     assert results[0]["gradient_steps"] == results[1]["gradient_steps"] > 0
     torch.testing.assert_close(results[0]["parameters"], results[1]["parameters"])
+
+
+def test_cartpole_with_one_process_per_env_copy_trains_exactly_as_in_process(tmp_path):
+    example = runpy.run_path(str(Path(__file__).resolve().parents[1] / "examples/cartpole_ppo.py"))
+    results = {}
+    for vector in ("sync", "subproc"):
+        flags = ["--vector", vector, "--total-steps", "512", "--num-envs", "2"]
+        flags += ["--eval-episodes", "2", "--no-progress", "--seed", "1"]
+        flags += [
+            "--log-dir",
+            str(tmp_path / vector),
+            "--checkpoint",
+            str(tmp_path / vector / "c.pt"),
+        ]
+        result = example["main"](example["parse_args"](flags))
+        results[vector] = {k: v for k, v in result.items() if k != "seconds"}
+    assert results["subproc"] == results["sync"]

@@ -131,3 +131,11 @@ def test_a_killed_pipeline_resumes_after_its_last_finished_stage(tmp_path):
     for name, entry in finished_before.items():  # not run again
         assert finished_after[name] == entry
     assert "report" in finished_after and Path(summary["report"]).exists()
+
+
+def test_the_shipped_configs_load():
+    configs = sorted((Path(__file__).parent.parent / "configs").glob("*.toml"))
+    assert configs, "configs/ holds the shipped pipeline configs"
+    for path in configs:
+        config = load_pipeline_config(path)
+        assert config.rounds >= 1, path
