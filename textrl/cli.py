@@ -14,13 +14,17 @@ textrl pipeline [--config pipeline.toml]            # all of it, rounds V1..Vn, 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import io
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
 
+from textrl import distributed
 from textrl.jsonl import DataFormatError, write_jsonl_atomically
 from textrl.models import load_causal_lm
 from textrl.pipeline import load_pipeline_config, run_pipeline
@@ -229,6 +233,8 @@ def _ppo(args: argparse.Namespace) -> None:
         **{name: value for name, value in overrides.items() if value is not None},
     )
     result = train_rlhf_ppo(config)
+    if not distributed.is_main_process():
+        return
     report = write_rlhf_report(config, result)
     print(f"report: {report}")
     print(json.dumps({"checkpoint": str(result.checkpoint), "final": result.history[-1]}))
@@ -355,8 +361,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    # under torchrun every rank runs this command; rank 0 alone reports
+    quiet = (
+        contextlib.redirect_stdout(io.StringIO())
+        if os.environ.get("RANK", "0") != "0"
+        else (contextlib.nullcontext())
+    )
     try:
-        args.run(args)
+        with quiet:
+            args.run(args)
     except (DataFormatError, FileNotFoundError, ValueError) as error:
         print(f"textrl {args.command}: error: {error}", file=sys.stderr)
         return 2

@@ -38,14 +38,16 @@ from agents.lm_policy import LMActorCriticPolicy
 from agents.ppo import PPO, PPOTrainingStats
 from agents.text_collector import TextCollector
 from envs.text_generation import RewardFunction, TextGenerationVectorEnv
+from textrl import distributed
 from textrl.combined_reward import CombinedReward
 from textrl.generation import generate_responses
 from textrl.jsonl import read_jsonl
 from textrl.kl import AdaptiveKLController, KLEstimator
+from textrl.masked import ReduceSum
 from textrl.models import disable_dropout, load_causal_lm
 from textrl.reports import markdown_table, reward_vs_kl_figure, write_report
 from textrl.sampling import SamplingConfig
-from textrl.sft import checkpoints, save_checkpoint
+from textrl.sft import CHECKPOINT_PREFIX, checkpoints, save_checkpoint
 from textrl.world.annotator import category_of, gold_value
 from textrl.world.evaluation import GREEDY, evaluate_responses
 from textrl.world.splits import split_tasks
@@ -218,8 +220,11 @@ ADAM_EPS = 1e-5
 """Llama 2's AdamW constants (section 2.2), used in every stage."""
 
 
-def build_ppo(config: RLHFConfig, policy: LMActorCriticPolicy) -> PPO:
-    """``agents.PPO`` with the run's shaping, clipping and AdamW settings."""
+def build_ppo(
+    config: RLHFConfig, policy: LMActorCriticPolicy, reduce_sum: ReduceSum | None = None
+) -> PPO:
+    """``agents.PPO`` with the run's shaping, clipping and AdamW settings; ``reduce_sum``
+    sums statistics over the ranks of a ``torchrun`` job."""
     return PPO(
         policy=policy,
         optim=TorchOptimizerFactory(
@@ -242,6 +247,7 @@ def build_ppo(config: RLHFConfig, policy: LMActorCriticPolicy) -> PPO:
         else None,
         whiten_rewards=config.whiten_rewards,
         gradient_accumulation_steps=config.gradient_accumulation,
+        reduce_sum=reduce_sum,
     )
 
 
@@ -276,7 +282,8 @@ class _Run:
     collector: TextCollector
     reward: RecordingReward
     prompt_set: PromptSet
-    writer: SummaryWriter
+    writer: SummaryWriter | None
+    """Rank 0's TensorBoard writer (None on the other ranks of a ``torchrun`` job)."""
 
 
 def _build_run(config: RLHFConfig, previous: Path | None, reward_fn: RewardFunction | None) -> _Run:
@@ -318,9 +325,15 @@ def _build_run(config: RLHFConfig, previous: Path | None, reward_fn: RewardFunct
         eos_token_id=tokenizer.eos_token_id,
         reference_model=reference,
     ).to(config.device)
-    algorithm = build_ppo(config, policy)
+    algorithm = build_ppo(
+        config, policy, distributed.all_reduce_sum if distributed.world_size() > 1 else None
+    )
     collector = TextCollector(algorithm, env)
-    writer = SummaryWriter(str(config.output_dir / "tensorboard"))
+    writer = (
+        SummaryWriter(str(config.output_dir / "tensorboard"))
+        if distributed.is_main_process()
+        else None
+    )
     return _Run(
         config, model, tokenizer, policy, algorithm, env, collector, reward, prompt_set, writer
     )
@@ -380,10 +393,14 @@ def _gold_evaluation(run: _Run) -> dict[str, float]:
 
 
 def _save(run: _Run, iteration: int, state: dict[str, object]) -> Path:
-    model = _merged_copy(run.model)
-    target = save_checkpoint(run.config.output_dir, iteration, model, run.tokenizer, state)
-    if model is not run.model:  # LoRA: the adapter too, to resume with the base as reference
-        run.model.save_pretrained(target / ADAPTER_DIRECTORY)
+    """Rank 0 writes ``checkpoint-<iteration>``; every rank returns its path once it exists."""
+    target = run.config.output_dir / f"{CHECKPOINT_PREFIX}{iteration:06d}"
+    if distributed.is_main_process():
+        model = _merged_copy(run.model)
+        save_checkpoint(run.config.output_dir, iteration, model, run.tokenizer, state)
+        if model is not run.model:  # LoRA: the adapter too, to resume with the base as reference
+            run.model.save_pretrained(target / ADAPTER_DIRECTORY)
+    distributed.barrier()
     return target
 
 
@@ -395,7 +412,12 @@ def train_rlhf_ppo(
     """Train (or resume) a PPO run; ``stop_after_iterations`` ends early, as a kill would.
 
     ``reward`` replaces the reward models with any ``reward(prompts, responses)`` callable.
+    Under ``torchrun`` every rank collects its own ``batch_size`` episodes; whitening, the
+    KL controller and the gradients are reduced over all ranks (``agents.PPO``'s
+    ``reduce_sum``), and rank 0 alone evaluates, logs and writes checkpoints.
     """
+    context = distributed.setup(config.device)
+    config = dataclasses.replace(config, device=str(context.device))
     config.output_dir.mkdir(parents=True, exist_ok=True)
     previous = checkpoints(config.output_dir)
     run = _build_run(config, previous[-1] if previous else None, reward)
@@ -410,7 +432,8 @@ def train_rlhf_ppo(
         logger.info("resuming from %s (iteration %d)", previous[-1], start)
     else:
         samples_before = _samples(run)
-        history.append({"iteration": 0, "objective/kl": 0.0, **_gold_evaluation(run)})
+        evaluation = _gold_evaluation(run) if context.is_main_process else {}
+        history.append({"iteration": 0, "objective/kl": 0.0, **evaluation})
     checkpoint = previous[-1] if previous else None
     progress = tqdm(
         range(start, config.iterations),
@@ -418,12 +441,13 @@ def train_rlhf_ppo(
         unit="iter",
         initial=start,
         total=config.iterations,
+        disable=not context.is_main_process,
     )
     for iteration in progress:
         if stop_after_iterations is not None and iteration - start >= stop_after_iterations:
             break
-        torch.manual_seed(config.seed * 1_000_003 + iteration)
-        run.env.np_random = np.random.default_rng([config.seed, iteration])
+        torch.manual_seed(distributed.rank_seed(config.seed * 1_000_003 + iteration))
+        run.env.np_random = np.random.default_rng([config.seed, iteration, context.rank])
         run.reward.clear()
         run.collector.reset_buffer()
         timer = time.perf_counter()
@@ -445,12 +469,13 @@ def train_rlhf_ppo(
             "speed/update_tokens_per_s": float(lengths.sum()) * config.epochs / update_seconds,
         }
         last = iteration + 1 == config.iterations
-        if last or (iteration + 1) % config.eval_every == 0:
+        if context.is_main_process and (last or (iteration + 1) % config.eval_every == 0):
             metrics.update(_gold_evaluation(run))
         history.append(metrics)
-        for name, value in metrics.items():
-            if name != "iteration":
-                run.writer.add_scalar(name, value, iteration + 1)
+        if run.writer is not None:
+            for name, value in metrics.items():
+                if name != "iteration":
+                    run.writer.add_scalar(name, value, iteration + 1)
         progress.set_postfix(
             reward=f"{metrics['objective/rlhf_reward']:.2f}", kl=f"{metrics['objective/kl']:.2f}"
         )
@@ -470,7 +495,8 @@ def train_rlhf_ppo(
                     "config": json.loads(json.dumps(dataclasses.asdict(config), default=str)),
                 },
             )
-    run.writer.close()
+    if run.writer is not None:
+        run.writer.close()
     if checkpoint is None:
         raise RuntimeError("no iteration ran and no checkpoint exists")
     return RLHFResult(checkpoint, history, samples_before, _samples(run))
