@@ -267,6 +267,7 @@ def sample_and_score(
         SamplingConfig(temperature=temperature),
         max_new_tokens,
         batch_size=256,
+        progress=True,
     )
     rewards = np.asarray(reward(repeated, responses)).reshape(len(prompts), samples)
     return [responses[i * samples : (i + 1) * samples] for i in range(len(prompts))], rewards
