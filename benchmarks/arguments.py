@@ -19,3 +19,11 @@ def comma_separated_choices(allowed: Sequence[str]) -> Callable[[str], list[str]
         return chosen
 
     return parse
+
+
+def positive_int(value: str) -> int:
+    """A positive integer option."""
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return number

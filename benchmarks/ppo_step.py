@@ -76,7 +76,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 import transformers
-from arguments import comma_separated_choices
+from arguments import comma_separated_choices, positive_int
 from rollout import (
     CLEAR_REFS,
     Workload,
@@ -604,14 +604,6 @@ def markdown_report(rows: list[Row], repeats: int, rss_resettable: bool) -> str:
         memory_note(rss_resettable),
     ]
     return "\n".join(lines)
-
-
-def positive_int(value: str) -> int:
-    """A positive integer option."""
-    number = int(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
-    return number
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -63,7 +63,7 @@ import datasets
 import torch
 import transformers
 import trl
-from arguments import comma_separated_choices
+from arguments import comma_separated_choices, positive_int
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
@@ -710,14 +710,6 @@ def markdown_report(rows: list[Row], repeats: int) -> str:
         "gold answer, rejected = another prompt's gold answer, ratings cycling), no generation.",
     ]
     return "\n".join(lines)
-
-
-def positive_int(value: str) -> int:
-    """A positive integer option."""
-    number = int(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
-    return number
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
