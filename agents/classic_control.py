@@ -10,6 +10,7 @@ and the benchmark both go through it, so they measure the same thing.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -241,3 +242,19 @@ def build_training(
 def with_overrides(config: ClassicPPOConfig, **overrides: object) -> ClassicPPOConfig:
     """``config`` with the non-None ``overrides`` applied."""
     return dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def report_run(
+    env_id: str, seed: int, env_steps: int, seconds: float, eval_mean_return: float
+) -> dict[str, object]:
+    """The classic-control examples' result: printed as their last line (one JSON object,
+    the contract scripts and tests read) and returned."""
+    result = {
+        "env_id": env_id,
+        "seed": seed,
+        "env_steps": env_steps,
+        "seconds": round(seconds, 3),
+        "eval_mean_return": round(eval_mean_return, 3),
+    }
+    print(json.dumps(result))
+    return result

@@ -14,7 +14,6 @@ JSON object: ``env_id, seed, env_steps, seconds, eval_mean_return``.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import get_args
@@ -23,7 +22,7 @@ import gymnasium as gym
 import torch
 from tianshou.algorithm.algorithm_base import policy_within_training_step
 
-from agents.classic_control import build_training, preset, with_overrides
+from agents.classic_control import build_training, preset, report_run, with_overrides
 from envs.vector import VectorMode
 from textrl.checkpoint import save_atomically
 
@@ -104,15 +103,9 @@ def main(args: argparse.Namespace) -> dict[str, object]:
         )
         training.writer.close()
     print(f"TensorBoard logs: {log_dir}   checkpoint: {checkpoint}")
-    result = {
-        "env_id": args.env_id,
-        "seed": args.seed,
-        "env_steps": info.train_step,
-        "seconds": round(seconds, 3),
-        "eval_mean_return": round(float(evaluation.returns_stat.mean), 3),
-    }
-    print(json.dumps(result))
-    return result
+    return report_run(
+        args.env_id, args.seed, info.train_step, seconds, float(evaluation.returns_stat.mean)
+    )
 
 
 if __name__ == "__main__":

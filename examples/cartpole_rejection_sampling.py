@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from tianshou.utils import TensorboardLogger
 from torch.utils.tensorboard import SummaryWriter
 
 from agents import MLPActorCriticPolicy, RejectionSampling, SegmentBuffer, VectorEnvCollector
+from agents.classic_control import report_run
 from envs import make_vector_env
 from envs.shared_start import make_shared_start_vector_env
 from textrl.checkpoint import save_atomically
@@ -199,15 +199,9 @@ def main(args: argparse.Namespace) -> dict[str, object]:
     writer.add_scalar("final/eval_mean_return", evaluation.returns_stat.mean, info.train_step)
     writer.close()
     print(f"TensorBoard logs: {log_dir}   checkpoint: {checkpoint}")
-    result = {
-        "env_id": config.env_id,
-        "seed": args.seed,
-        "env_steps": info.train_step,
-        "seconds": round(seconds, 3),
-        "eval_mean_return": round(float(evaluation.returns_stat.mean), 3),
-    }
-    print(json.dumps(result))
-    return result
+    return report_run(
+        config.env_id, args.seed, info.train_step, seconds, float(evaluation.returns_stat.mean)
+    )
 
 
 if __name__ == "__main__":
