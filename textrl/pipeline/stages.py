@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from tianshou.algorithm.optim import TorchOptimizerFactory
 from tianshou.utils.torch_utils import policy_within_training_step
+from torch.utils.tensorboard import SummaryWriter
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from agents.episode_buffer import EpisodeBuffer
@@ -24,6 +25,7 @@ from agents.lm_policy import LMActorCriticPolicy
 from agents.rejection_sampling import KeptEpisode, RejectionSampling
 from agents.text_collector import TextCollector
 from envs.text_generation import RewardFunction, TextGenerationVectorEnv
+from textrl.checkpoint import save_atomically
 from textrl.combined_reward import CombinedReward
 from textrl.generation import generate_responses
 from textrl.jsonl import write_jsonl_atomically
@@ -368,10 +370,10 @@ def rejection_sampling_stage(
             repeat=settings.epochs,
         )
     kept = algorithm.kept_episodes
-    torch.save(kept, directory / KEPT_FILE)
+    save_atomically(kept, directory / KEPT_FILE)
     _write_kept_text(kept, tokenizer, directory / "kept.jsonl")
     checkpoint = save_checkpoint(directory, round_index, model, tokenizer, {"round": round_index})
-    return {
+    result = {
         "checkpoint": str(checkpoint),
         "kept": str(directory / KEPT_FILE),
         "temperature": temperature,
@@ -382,6 +384,15 @@ def rejection_sampling_stage(
         "kept_mean_reward": stats.kept_mean_return,
         "loss": stats.loss,
     }
+    with SummaryWriter(str(directory / "tensorboard")) as writer:
+        for name, value in result.items():
+            if isinstance(value, float | int):
+                writer.add_scalar(f"rejection_sampling/{name}", value, round_index)
+        for candidate, score in temperature_scores.items():
+            writer.add_scalar(
+                f"rejection_sampling/best_of_k_reward_at_T{candidate:g}", score, round_index
+            )
+    return result
 
 
 def _write_kept_text(kept: Sequence[KeptEpisode], tokenizer, path: Path) -> None:
