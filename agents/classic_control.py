@@ -39,7 +39,8 @@ class ClassicPPOConfig:
     num_envs: int = 8
     """Environments stepped in lockstep (one numpy array when Gymnasium has a native vector env)."""
     vector: VectorMode = "auto"
-    """How the copies run: auto (native or in-process), sync, or subproc (a process each)."""
+    """How the copies run: auto (native or in-process), sync, subproc (a process each) or ray
+    (a Ray actor each)."""
     steps_per_env: int = 32
     """Steps each environment contributes to one rollout (rollout = num_envs * steps_per_env)."""
     epochs: int = 10

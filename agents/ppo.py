@@ -28,6 +28,7 @@ from tianshou.data import Batch, ReplayBuffer
 from agents.row_batch import RowBatch
 from agents.segment_policy import ReferenceScoringPolicy, SegmentPolicy
 from agents.segments import segments_from_buffer
+from textrl.distributed import sum_gradients
 from textrl.gae import masked_gae
 from textrl.kl import AdaptiveKLController, KLEstimator
 from textrl.masked import ReduceSum, masked_mean, masked_whiten
@@ -330,15 +331,15 @@ class PPO(OnPolicyAlgorithm[Policy]):
         rank then takes the same step and the same ``target_kl`` decision."""
         if self.reduce_sum is None:
             return metrics
-        parameters = [p for p in self.policy.parameters() if p.grad is not None]
-        gradients = [p.grad.flatten() for p in parameters]
-        values = torch.stack([metrics[key] for key in metrics]).to(gradients[0])
-        total = self.reduce_sum(torch.cat([*gradients, values, values.new_ones(1)]))
-        mean = total[:-1] / total[-1]  # the last entry counts the processes
-        sizes = [g.numel() for g in gradients]
-        for parameter, gradient in zip(parameters, mean[: sum(sizes)].split(sizes), strict=True):
-            parameter.grad.copy_(gradient.view_as(parameter.grad))
-        return dict(zip(metrics, mean[-len(metrics) :], strict=True))
+        values = torch.stack(list(metrics.values()))
+        total = sum_gradients(
+            self.policy.parameters(), self.reduce_sum, torch.cat([values, values.new_ones(1)])
+        )
+        processes = total[-1]  # the last entry counts the processes
+        for parameter in self.policy.parameters():
+            if parameter.grad is not None:
+                parameter.grad.div_(processes)
+        return dict(zip(metrics, total[:-1] / processes, strict=True))
 
     def _accumulate_gradients(
         self, minibatch: PPORollout, clip_epsilon: float

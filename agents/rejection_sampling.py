@@ -28,6 +28,14 @@ out as K contiguous rows, one episode per row.
 
 A start state's identity (for the kept set across rounds) is the rows' ``group``
 when they carry one, else their first observation.
+
+Under torchrun each rank samples its own start states (its shard of the prompts) and
+keeps its own best episodes, so kept sets differ in size across ranks. With
+``reduce_sum=textrl.distributed.all_reduce_sum`` the round's tallies are sums over all
+ranks, every rank takes the same number of fine-tuning steps (fixed by the global kept
+count; a rank with fewer rows takes smaller, possibly empty, minibatches), and each
+step's loss is the likelihood per kept step over all ranks' minibatches, its gradient
+summed over ranks in one all-reduce, so every rank takes the same step.
 """
 
 from __future__ import annotations
@@ -47,7 +55,8 @@ from tianshou.data import Batch, ReplayBuffer
 
 from agents.row_batch import RowBatch
 from agents.segments import Segments, segments_from_buffer
-from textrl.masked import masked_mean
+from textrl.distributed import sum_gradients
+from textrl.masked import ReduceSum, masked_sum
 
 
 @runtime_checkable
@@ -139,10 +148,11 @@ def concatenate_rows(batches: Sequence[RowBatch]) -> RowBatch:
 
 @dataclass(frozen=True)
 class SelectedEpisodes:
-    """What one round's selection hands the fine-tuning: the rows to train on and tallies."""
+    """What one round's selection hands the fine-tuning: the rows to train on and tallies
+    (over all processes when the algorithm reduces over a torchrun job)."""
 
     training_rows: RowBatch | None
-    """The kept set as one batch (None when nothing is kept yet)."""
+    """This process's kept set as one batch (None when it keeps nothing yet)."""
     sampled_mean_return: float
     """Mean return of the round's episodes."""
     best_of_k_mean_return: float
@@ -151,6 +161,8 @@ class SelectedEpisodes:
     """Start states of the round whose best return was below ``min_return``."""
     newly_kept_count: int
     """Start states whose kept episode now comes from this round (new or better)."""
+    kept_count: int
+    """Episodes in the kept set (one per start state)."""
     kept_mean_return: float
     """Mean return of the kept set (NaN when it is empty)."""
 
@@ -192,6 +204,7 @@ class RejectionSampling(OnPolicyAlgorithm[Policy]):
         min_return: float | None = None,
         keep_best_of_all_rounds: bool = False,
         max_grad_norm: float | None = 1.0,
+        reduce_sum: ReduceSum | None = None,
     ) -> None:
         """
         :param policy: a Tianshou policy that also implements ``LikelihoodPolicy``.
@@ -201,6 +214,8 @@ class RejectionSampling(OnPolicyAlgorithm[Policy]):
         :param keep_best_of_all_rounds: keep, per start state, the best episode of every round
             so far and train on all of them (Llama 2 from RLHF-V3 on); else only this round's.
         :param max_grad_norm: global gradient-norm clip, or None.
+        :param reduce_sum: sums a tensor over the processes of a torchrun job, each with its
+            own start states (``textrl.distributed.all_reduce_sum``); None for one process.
         """
         super().__init__(policy=policy)
         if not isinstance(policy, LikelihoodPolicy):
@@ -219,6 +234,8 @@ class RejectionSampling(OnPolicyAlgorithm[Policy]):
         self.samples_per_start = samples_per_start
         self.min_return = min_return
         self.keep_best_of_all_rounds = keep_best_of_all_rounds
+        self.max_grad_norm = max_grad_norm
+        self.reduce_sum = reduce_sum
         self._kept: dict[bytes, KeptEpisode] = {}
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
 
@@ -261,14 +278,33 @@ class RejectionSampling(OnPolicyAlgorithm[Policy]):
         ]
         self._kept = keep_best(self._kept if self.keep_best_of_all_rounds else {}, candidates)
         kept = self.kept_episodes
+        totals = self._summed(
+            returns.sum(),
+            len(returns),
+            groups.max(1).sum(),
+            len(groups),
+            (best < 0).sum(),
+            sum(self._kept[c.start_state] is c for c in candidates),
+            sum(k.episode_return for k in kept),
+            len(kept),
+        )
+        return_sum, episodes, best_sum, group_count, rejected, newly_kept, kept_sum, kept_count = (
+            totals.tolist()
+        )
         return SelectedEpisodes(
             training_rows=concatenate_rows([k.episode for k in kept]) if kept else None,
-            sampled_mean_return=float(returns.mean()),
-            best_of_k_mean_return=float(groups.max(1).mean()),
-            rejected_count=int((best < 0).sum()),
-            newly_kept_count=sum(self._kept[c.start_state] is c for c in candidates),
-            kept_mean_return=float(np.mean([k.episode_return for k in kept])) if kept else math.nan,
+            sampled_mean_return=return_sum / episodes,
+            best_of_k_mean_return=best_sum / group_count,
+            rejected_count=int(rejected),
+            newly_kept_count=int(newly_kept),
+            kept_count=int(kept_count),
+            kept_mean_return=kept_sum / kept_count if kept_count else math.nan,
         )
+
+    def _summed(self, *values: float) -> torch.Tensor:
+        """``values`` (float64) summed over the processes, or themselves in one process."""
+        totals = torch.tensor([float(v) for v in values], dtype=torch.float64, device=self._device)
+        return totals if self.reduce_sum is None else self.reduce_sum(totals)
 
     def _grouped(self, returns: np.ndarray, keys: list[bytes]) -> np.ndarray:
         """``returns`` as ``(G, K)``, checking that each block of K rows shares a start state."""
@@ -289,32 +325,62 @@ class RejectionSampling(OnPolicyAlgorithm[Policy]):
     def _update_with_batch(
         self, batch: SelectedEpisodes, batch_size: int | None, repeat: int
     ) -> RejectionSamplingTrainingStats:
-        losses: list[torch.Tensor] = []
+        losses: list[float] = []
         rows = batch.training_rows
-        if rows is not None:
-            if self.policy.scores_steps_independently:
-                rows = rows.as_single_steps()
-            num_rows, row_length = rows.mask.shape
-            per_minibatch = num_rows if batch_size is None else math.ceil(batch_size / row_length)
-            for _ in range(repeat):
-                for indices in torch.randperm(num_rows).split(per_minibatch):
-                    minibatch = rows.select(indices)
-                    log_likelihoods = self.policy.log_likelihoods(minibatch)
-                    loss = -masked_mean(log_likelihoods, minibatch.mask)
-                    self.optim.step(loss)
-                    losses.append(loss.detach())
+        if rows is not None and self.policy.scores_steps_independently:
+            rows = rows.as_single_steps()
+        num_rows = 0 if rows is None else rows.num_rows
+        capacity = 0 if rows is None or batch_size is None else batch_size / rows.mask.shape[1]
+        global_rows, global_capacity = self._summed(num_rows, math.ceil(capacity)).tolist()
+        if global_rows == 0:
+            steps_per_epoch = 0
+        elif batch_size is None:
+            steps_per_epoch = 1
+        else:
+            steps_per_epoch = math.ceil(global_rows / global_capacity)
+        for _ in range(repeat):
+            for indices in torch.randperm(num_rows).tensor_split(steps_per_epoch):
+                losses.append(self._fine_tuning_step(rows, indices))
         self.num_updates += 1
         return RejectionSamplingTrainingStats(
-            loss=torch.stack(losses).mean().item() if losses else math.nan,
+            loss=float(np.mean(losses)) if losses else math.nan,
             sampled_mean_return=batch.sampled_mean_return,
             best_of_k_mean_return=batch.best_of_k_mean_return,
-            kept_count=len(self._kept),
+            kept_count=batch.kept_count,
             kept_mean_return=batch.kept_mean_return,
             newly_kept_count=batch.newly_kept_count,
             rejected_count=batch.rejected_count,
             gradient_steps=len(losses),
             learning_rate=self._torch_optimizer.param_groups[0]["lr"],
         )
+
+    def _fine_tuning_step(self, rows: RowBatch | None, indices: torch.Tensor) -> float:
+        """One step on the kept ``rows[indices]`` of every process: minimise the negative
+        log-likelihood per kept step of the union; returns that loss.
+
+        Each process back-propagates its own sum over the global step count; the sum of
+        the processes' gradients is then the union's. A process with no rows in this step
+        (``indices`` empty) sends zero gradients, so the processes stay in step.
+        """
+        self._torch_optimizer.zero_grad()
+        log_likelihood_sum = torch.zeros((), device=self._device)
+        step_count = torch.zeros((), device=self._device)
+        if len(indices):
+            minibatch = rows.select(indices)
+            log_likelihood_sum = masked_sum(self.policy.log_likelihoods(minibatch), minibatch.mask)
+            step_count = minibatch.mask.sum()
+        global_steps = self._summed(step_count.item()).to(log_likelihood_sum)
+        if len(indices):
+            (-log_likelihood_sum / global_steps).backward()
+        global_sum = log_likelihood_sum.detach()
+        if self.reduce_sum is not None:
+            global_sum = sum_gradients(
+                self.policy.parameters(), self.reduce_sum, global_sum.reshape(1)
+            )[0]
+        if self.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
+        self._torch_optimizer.step()
+        return float(-global_sum / global_steps)
 
 
 def _episode_returns(rows: RowBatch) -> np.ndarray:

@@ -6,14 +6,19 @@ Each stage runs the library's own entry point on a tiny Llama and a character
 tokenizer built here (nothing is downloaded):
 
 - sft: ``train_sft`` (packed sequences, DDP), trained tokens per second.
+- sft-fsdp: the same with ``fsdp=True`` (FSDP2, one unit per decoder layer).
 - rm: ``train_reward_model`` (DDP), preference pairs per second.
 - ppo: ``agents.PPO`` with ``reduce_sum=all_reduce_sum`` over ``TextCollector`` rollouts
   (every rank generates its own), episodes per second, generation included.
+- rs: ``agents.RejectionSampling`` (best of 4, ``reduce_sum=all_reduce_sum``), each rank
+  sampling its shard of the prompts, episodes per second, generation included.
 
 Communication share: after the stage, the same process group times a bare all-reduce
 of the model's parameter count (what DDP sends per step) and multiplies by the steps
 taken; the share is that over the stage's wall time. It bounds the exposed cost from
-above (DDP overlaps its buckets with the backward pass).
+above (DDP overlaps its buckets with the backward pass). For sft-fsdp it is a proxy:
+FSDP all-gathers the weights in forward and backward and reduce-scatters the gradients,
+about 1.5 times the bytes of one all-reduce, in one collective per layer.
 
     OMP_NUM_THREADS=1 python benchmarks/scaling.py --processes 1 2
 """
@@ -21,6 +26,7 @@ above (DDP overlaps its buckets with the backward pass).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import pickle
@@ -38,6 +44,7 @@ from tianshou.algorithm.optim import AdamOptimizerFactory
 
 from agents.lm_policy import LMActorCriticPolicy
 from agents.ppo import PPO
+from agents.rejection_sampling import RejectionSampling
 from agents.text_collector import TextCollector
 from envs.text_generation import TextGenerationVectorEnv
 from textrl import distributed
@@ -47,7 +54,7 @@ from textrl.sft import SFTConfig, train_sft
 from textrl.tokenization import build_char_tokenizer
 from textrl.world.preferences import PreferencePair, write_preferences
 
-STAGES = ("sft", "rm", "ppo")
+STAGES = ("sft", "sft-fsdp", "rm", "ppo", "rs")
 PROMPTS = ["abc", "hh", "de", "fgh", "a", "bb", "gg ab", "cab"]
 ANSWERS = ["cba", "h", "ed", "hgf", "aaaa", "b", "ba gg", "bac"]
 RATINGS = ["significantly better", "better", "slightly better", "negligibly better/unsure"]
@@ -102,7 +109,7 @@ def prepare(workload: Workload, max_processes: int) -> None:
     write_preferences(workload.directory / "pairs.jsonl", pairs)
 
 
-def run_sft(workload: Workload, output: Path) -> tuple[float, int]:
+def run_sft(workload: Workload, output: Path, fsdp: bool = False) -> tuple[float, int]:
     result = train_sft(
         SFTConfig(
             model=str(workload.directory / "model"),
@@ -113,6 +120,7 @@ def run_sft(workload: Workload, output: Path) -> tuple[float, int]:
             batch_size=workload.batch_size,
             sequence_length=16,
             save_every_steps=10**9,
+            fsdp=fsdp,
         )
     )
     return result.tokens_per_second, result.steps
@@ -131,16 +139,19 @@ def run_rm(workload: Workload, output: Path) -> tuple[float, int]:
     return result.pairs_per_second, len(result.losses)
 
 
-def run_ppo(workload: Workload, output: Path) -> tuple[float, int]:
-    context = distributed.setup("cpu")
+def text_env_and_policy(
+    workload: Workload, samples_per_prompt: int = 1
+) -> tuple[TextGenerationVectorEnv, LMActorCriticPolicy]:
+    """``batch_size`` rows of this rank's shard of the prompts, and the tiny-Llama policy."""
     tokenizer = build_char_tokenizer("abcdefgh ")
     env = TextGenerationVectorEnv(
         workload.batch_size,
         tokenizer=tokenizer,
-        prompts=PROMPTS,
+        prompts=PROMPTS[distributed.rank() :: distributed.world_size()],
         reward_fn=lambda prompts, responses: [float(len(r)) for r in responses],
         max_new_tokens=8,
         max_prompt_tokens=8,
+        samples_per_prompt=samples_per_prompt,
     )
     model = tiny_llama(tokenizer, workload.hidden_size, workload.layers, num_heads=2, seed=0)
     policy = LMActorCriticPolicy(
@@ -150,6 +161,11 @@ def run_ppo(workload: Workload, output: Path) -> tuple[float, int]:
         max_prompt_tokens=8,
     )
     torch.manual_seed(distributed.rank_seed(0))
+    return env, policy
+
+
+def run_ppo(workload: Workload, output: Path) -> tuple[float, int]:
+    env, policy = text_env_and_policy(workload)
     algorithm = PPO(
         policy=policy,
         optim=AdamOptimizerFactory(lr=1e-4),
@@ -157,7 +173,28 @@ def run_ppo(workload: Workload, output: Path) -> tuple[float, int]:
         whiten_rewards=True,
         reduce_sum=distributed.all_reduce_sum,
     )
-    collector = TextCollector(algorithm, env, seed=context.rank)
+    return run_rounds(workload, algorithm, env)
+
+
+def run_rs(workload: Workload, output: Path) -> tuple[float, int]:
+    """Rounds of best-of-4 rejection sampling: each rank samples its prompts' shard."""
+    env, policy = text_env_and_policy(workload, samples_per_prompt=4)
+    algorithm = RejectionSampling(
+        policy=policy,
+        optim=AdamOptimizerFactory(lr=1e-4),
+        samples_per_start=4,
+        reduce_sum=distributed.all_reduce_sum,
+    )
+    return run_rounds(workload, algorithm, env)
+
+
+def run_rounds(
+    workload: Workload, algorithm: PPO | RejectionSampling, env: TextGenerationVectorEnv
+) -> tuple[float, int]:
+    """``steps`` rounds of collecting ``batch_size`` episodes per rank and one update;
+    returns episodes per second over all ranks."""
+    collector = TextCollector(algorithm, env, seed=distributed.rank())
+    policy = algorithm.policy
     start = time.perf_counter()
     for _ in range(workload.steps):
         collector.reset_buffer()
@@ -165,10 +202,16 @@ def run_ppo(workload: Workload, output: Path) -> tuple[float, int]:
             collector.collect(n_episode=workload.batch_size)
             algorithm.update(collector.buffer, batch_size=None, repeat=1)
     elapsed = time.perf_counter() - start
-    return context.world_size * workload.batch_size * workload.steps / elapsed, workload.steps
+    return distributed.world_size() * workload.batch_size * workload.steps / elapsed, workload.steps
 
 
-RUNNERS = {"sft": (run_sft, "tokens/s"), "rm": (run_rm, "pairs/s"), "ppo": (run_ppo, "episodes/s")}
+RUNNERS = {
+    "sft": (run_sft, "tokens/s"),
+    "sft-fsdp": (functools.partial(run_sft, fsdp=True), "tokens/s"),
+    "rm": (run_rm, "pairs/s"),
+    "ppo": (run_ppo, "episodes/s"),
+    "rs": (run_rs, "episodes/s"),
+}
 
 
 def allreduce_seconds(parameters: int, repeats: int = 20) -> float:

@@ -3,6 +3,7 @@
     python examples/cartpole_ppo.py                      # CartPole-v1 to 500
     python examples/cartpole_ppo.py --env-id Pendulum-v1 # continuous actions
     python examples/cartpole_ppo.py --vector subproc     # one process per env copy
+    python examples/cartpole_ppo.py --vector ray         # one Ray actor per env copy
     tensorboard --logdir runs
 
 Per-task defaults come from ``agents.classic_control.PRESETS``. Training stops
@@ -44,8 +45,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--vector",
         choices=get_args(VectorMode),
         default=None,
-        help="auto (native/in-process), sync, or subproc: one worker process per env copy, "
-        "for environments whose step is CPU-heavy (preset's by default)",
+        help="auto (native/in-process), sync, subproc: one worker process per env copy, or "
+        "ray: one Ray actor per copy (pip install 'textrl[ray]'), for environments whose step "
+        "is CPU-heavy (preset's by default)",
     )
     parser.add_argument(
         "--threads", type=int, default=1, help="torch CPU threads (1 is fastest for small MLPs)"

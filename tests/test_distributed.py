@@ -7,7 +7,9 @@ Workers are started with ``torch.multiprocessing.spawn`` and join through the sa
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import json
 import os
 import pickle
@@ -24,14 +26,20 @@ from tianshou.algorithm.algorithm_base import policy_within_training_step
 from tianshou.algorithm.optim import AdamOptimizerFactory
 
 from agents import PPO
+from agents.lm_policy import LMActorCriticPolicy
 from agents.ppo import PPORollout
+from agents.rejection_sampling import RejectionSampling
+from agents.segments import segments_from_buffer
 from agents.text_collector import TextCollector
-from tests.text_fixtures import TOKENIZER, text_env_and_policy, tiny_model
-from textrl import distributed
+from envs.text_generation import TextGenerationVectorEnv
+from tests.text_fixtures import PROMPTS, TOKENIZER, length_reward, text_env_and_policy, tiny_model
+from textrl import cli, distributed
 from textrl.kl import AdaptiveKLController
 from textrl.masked import masked_whiten
-from textrl.reward_model import RewardModelConfig, train_reward_model
+from textrl.models import load_causal_lm, tiny_llama
+from textrl.reward_model import RewardModelConfig, load_reward_model, train_reward_model
 from textrl.sft import SFTConfig, checkpoints, train_sft
+from textrl.tokenization import build_char_tokenizer
 from textrl.world.preferences import PreferencePair, write_preferences
 
 WORLD_SIZE = 2
@@ -95,7 +103,10 @@ class TrainSFT:
         return train_sft(self.config).losses
 
 
-def test_sft_on_two_ranks_takes_the_steps_of_one_process_at_twice_the_batch(base_model, tmp_path):
+@pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp"])
+def test_sft_on_two_ranks_takes_the_steps_of_one_process_at_twice_the_batch(
+    base_model, tmp_path, fsdp
+):
     data = tmp_path / "demos.jsonl"
     pairs = [("abc", "cba"), ("hh", "h"), ("de", "ed"), ("fgh", "hgf"), ("a", "aaaa"), ("bb", "b")]
     pairs = pairs * 4 + [("gg", "ab")]  # 13 packed rows: the last step's one row leaves rank 1 idle
@@ -112,7 +123,7 @@ def test_sft_on_two_ranks_takes_the_steps_of_one_process_at_twice_the_batch(base
     )
     single = train_sft(config)
     per_rank = dataclasses.replace(  # 2 ranks x 2 micro-batches of 1 row = 4 rows per step
-        config, output_dir=tmp_path / "two", batch_size=1, gradient_accumulation=2
+        config, output_dir=tmp_path / "two", batch_size=1, gradient_accumulation=2, fsdp=fsdp
     )
     losses = launch(TrainSFT(per_rank), tmp_path / "results")
     assert losses[0] == losses[1]  # the logged loss is the global one on every rank
@@ -122,6 +133,10 @@ def test_sft_on_two_ranks_takes_the_steps_of_one_process_at_twice_the_batch(base
     written = checkpoints(per_rank.output_dir)
     assert [p.name for p in written] == [single.checkpoint.name]  # one rank wrote it, once
     assert_same_weights(single.checkpoint / "model.safetensors", written[0] / "model.safetensors")
+    model, _ = load_causal_lm(written[0])  # a plain checkpoint: it loads whole in one process
+    loaded = model.state_dict()
+    for name, weights in load_file(written[0] / "model.safetensors").items():
+        assert torch.equal(loaded[name], weights), name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,8 +149,9 @@ class TrainRewardModel:
         return train_reward_model(self.config).losses
 
 
+@pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp"])
 def test_reward_model_on_two_ranks_takes_the_steps_of_one_process_at_twice_the_batch(
-    base_model, tmp_path
+    base_model, tmp_path, fsdp
 ):
     ratings = ["significantly better", "better", "slightly better", "negligibly better/unsure"]
     responses = ["cba", "h", "ed", "hgf", "aaaa", "b", "gg", "abcd", "e"]
@@ -162,7 +178,7 @@ def test_reward_model_on_two_ranks_takes_the_steps_of_one_process_at_twice_the_b
         batch_size=8,
     )
     single = train_reward_model(config)
-    per_rank = dataclasses.replace(config, output_dir=tmp_path / "two", batch_size=4)
+    per_rank = dataclasses.replace(config, output_dir=tmp_path / "two", batch_size=4, fsdp=fsdp)
     losses = launch(TrainRewardModel(per_rank), tmp_path / "results")
     assert losses[0] == losses[1]
     torch.testing.assert_close(
@@ -257,10 +273,135 @@ def test_ppo_on_two_ranks_reduces_its_statistics_over_the_full_batch(tmp_path):
     torch.testing.assert_close(results[0]["parameters"], results[1]["parameters"])
 
 
-def test_cartpole_with_one_process_per_env_copy_trains_exactly_as_in_process(tmp_path):
+def test_micro_batches_are_as_many_on_every_rank(monkeypatch):
+    """3 rows on 2 ranks at 1 row per micro-batch: rank 1's one row is padded with a
+    zero-weight micro-batch, so both ranks run 2 forwards (FSDP's collectives pair up)."""
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    for rank, expected in [(0, [([0], 0.5), ([1], 0.5)]), (1, [([2], 0.5), ([2], 0.0)])]:
+        monkeypatch.setattr(distributed, "rank", lambda rank=rank: rank)
+        part = distributed.shard(torch.arange(3), global_count=4)
+        batches = distributed.lockstep_micro_batches(part, size=1, global_rows=3)
+        assert [(rows.tolist(), scale) for rows, scale in batches] == expected
+
+
+class RecordingRejectionSampling(RejectionSampling):
+    """Rejection sampling that keeps each sampled episode's return, for the test."""
+
+    returns: torch.Tensor
+
+    def _preprocess_batch(self, batch, buffer, indices):
+        rows = segments_from_buffer(batch, buffer, indices, self._device)
+        self.returns = (rows.rewards * rows.mask).sum(1).double()  # (B,)
+        return super()._preprocess_batch(batch, buffer, indices)
+
+
+SAMPLES_PER_PROMPT = 2
+MIN_RETURN = 2.0
+
+
+def rejection_sampling_on_rank() -> dict[str, object]:
+    """Rank 0 samples 6 prompts (of 3 distinct ones), rank 1 two (of 1): kept sets of
+    different sizes; one round of best-of-2 and fine-tuning with reduced statistics."""
+    distributed.setup("cpu")
+    prompts, episodes = (PROMPTS[:3], 12) if distributed.rank() == 0 else (PROMPTS[3:], 4)
+    env = TextGenerationVectorEnv(
+        4,
+        tokenizer=TOKENIZER,
+        prompts=prompts,
+        reward_fn=length_reward,
+        max_new_tokens=6,
+        max_prompt_tokens=8,
+        samples_per_prompt=SAMPLES_PER_PROMPT,
+    )
+    torch.manual_seed(distributed.rank_seed(0))
+    policy = LMActorCriticPolicy(
+        model=tiny_model(),
+        observation_space=env.single_observation_space,
+        action_space=env.single_action_space,
+        max_prompt_tokens=8,
+    )
+    algorithm = RecordingRejectionSampling(
+        policy=policy,
+        optim=AdamOptimizerFactory(lr=1e-3),
+        samples_per_start=SAMPLES_PER_PROMPT,
+        min_return=MIN_RETURN,
+        reduce_sum=distributed.all_reduce_sum,
+    )
+    collector = TextCollector(algorithm, env, seed=distributed.rank())
+    with policy_within_training_step(policy):
+        collector.collect(n_episode=episodes)
+        stats = algorithm.update(collector.buffer, batch_size=6, repeat=2)
+    return {
+        "returns": algorithm.returns.reshape(-1, SAMPLES_PER_PROMPT),
+        "kept_returns": [k.episode_return for k in algorithm.kept_episodes],
+        "stats": stats,
+        "parameters": torch.cat([p.detach().flatten() for p in policy.model.parameters()]),
+    }
+
+
+def test_rejection_sampling_on_two_ranks_reduces_its_statistics_over_the_union(tmp_path):
+    results = launch(rejection_sampling_on_rank, tmp_path / "results")
+    kept_sizes = [len(r["kept_returns"]) for r in results]
+    assert kept_sizes[0] != kept_sizes[1] and min(kept_sizes) > 0, kept_sizes
+    returns = torch.cat([r["returns"] for r in results])  # (groups of both ranks, K)
+    kept = [value for r in results for value in r["kept_returns"]]
+    for result in results:
+        stats = result["stats"]
+        assert stats.sampled_mean_return == pytest.approx(returns.mean().item())
+        assert stats.best_of_k_mean_return == pytest.approx(returns.max(1).values.mean().item())
+        assert stats.rejected_count == int((returns.max(1).values < MIN_RETURN).sum())
+        assert stats.kept_count == len(kept)
+        assert stats.kept_mean_return == pytest.approx(sum(kept) / len(kept))
+    assert results[0]["stats"].gradient_steps == results[1]["stats"].gradient_steps > 0
+    assert results[0]["stats"].loss == results[1]["stats"].loss
+    torch.testing.assert_close(results[0]["parameters"], results[1]["parameters"])
+
+
+@dataclasses.dataclass(frozen=True)
+class RunCommand:
+    """A picklable job: ``textrl <argv>``; its exit code and what it printed."""
+
+    argv: list[str]
+
+    def __call__(self) -> tuple[int, str]:
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            code = cli.main(self.argv)
+        return code, printed.getvalue()
+
+
+def test_textrl_rs_runs_a_round_on_two_ranks_and_writes_the_union_of_their_kept_sets(tmp_path):
+    tokenizer = build_char_tokenizer()
+    policy = tmp_path / "policy"
+    tiny_llama(tokenizer, hidden_size=32, num_layers=2, num_heads=2).save_pretrained(policy)
+    tokenizer.save_pretrained(policy)
+    reward_model, _ = load_reward_model(policy)
+    reward_model.save_pretrained(tmp_path / "rm")
+    tokenizer.save_pretrained(tmp_path / "rm")
+    config = tmp_path / "rs.toml"
+    config.write_text(
+        "[rejection_sampling]\nsamples_per_prompt = 2\nprompts_per_round = 4\n"
+        "candidate_temperatures = [1.0]\ntemperature_prompts = 2\nminibatch_size = 64\n"
+        "[evaluation]\nmax_new_tokens = 3\n"
+    )
+    argv = ["rs", "--policy", str(policy), "--out", str(tmp_path / "rs"), "--config", str(config)]
+    argv += ["--helpfulness-rm", str(tmp_path / "rm"), "--safety-rm", str(tmp_path / "rm")]
+    (code, printed), (other_code, other_printed) = launch(RunCommand(argv), tmp_path / "results")
+    assert code == other_code == 0 and other_printed == ""  # rank 0 alone reports
+    result = json.loads(printed.splitlines()[-1])
+    kept = torch.load(result["kept"], weights_only=False)  # both ranks' kept episodes
+    assert result["kept_count"] == len(kept) > 0
+    assert result["kept_mean_reward"] == pytest.approx(
+        sum(k.episode_return for k in kept) / len(kept)
+    )
+    load_causal_lm(result["checkpoint"])
+
+
+def cartpole_runs(tmp_path: Path, modes: tuple[str, ...]) -> dict[str, dict[str, object]]:
+    """``examples/cartpole_ppo.py``'s result per ``--vector`` mode (timing left out)."""
     example = runpy.run_path(str(Path(__file__).resolve().parents[1] / "examples/cartpole_ppo.py"))
     results = {}
-    for vector in ("sync", "subproc"):
+    for vector in modes:
         flags = ["--vector", vector, "--total-steps", "512", "--num-envs", "2"]
         flags += ["--eval-episodes", "2", "--no-progress", "--seed", "1"]
         flags += [
@@ -271,4 +412,18 @@ def test_cartpole_with_one_process_per_env_copy_trains_exactly_as_in_process(tmp
         ]
         result = example["main"](example["parse_args"](flags))
         results[vector] = {k: v for k, v in result.items() if k != "seconds"}
+    return results
+
+
+def test_cartpole_with_one_process_per_env_copy_trains_exactly_as_in_process(tmp_path):
+    results = cartpole_runs(tmp_path, ("sync", "subproc"))
     assert results["subproc"] == results["sync"]
+
+
+def test_cartpole_with_one_ray_actor_per_env_copy_trains_exactly_as_in_process(tmp_path):
+    ray = pytest.importorskip("ray")
+    try:
+        results = cartpole_runs(tmp_path, ("sync", "ray"))
+    finally:
+        ray.shutdown()  # the local Ray instance the env started
+    assert results["ray"] == results["sync"]

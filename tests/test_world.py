@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -68,12 +70,13 @@ def test_every_demonstration_is_what_its_judge_wants():
 
 
 def test_splits_are_disjoint_seeded_and_cover_every_family():
-    splits = {name: split_tasks(name, seed=0) for name in ("train", "validation", "test")}
+    splits = {name: split_tasks(name, seed=0) for name in ("sft", "rlhf", "validation", "test")}
     prompts = {name: {t.prompt for t in tasks} for name, tasks in splits.items()}
-    assert not prompts["train"] & prompts["validation"]
-    assert not prompts["train"] & prompts["test"]
-    assert not prompts["validation"] & prompts["test"]
+    for first, second in itertools.combinations(prompts, 2):
+        assert not prompts[first] & prompts[second], (first, second)
     assert sum(len(p) for p in prompts.values()) == len(all_tasks())
+    assert prompts["sft"] | prompts["rlhf"] == {t.prompt for t in split_tasks("train", seed=0)}
+    assert 0.4 < len(prompts["sft"]) / (len(prompts["sft"]) + len(prompts["rlhf"])) < 0.6
     families = {t.family for t in all_tasks()}
     assert all({t.family for t in tasks} == families for tasks in splits.values())
     assert split_tasks("test", seed=0) == splits["test"]

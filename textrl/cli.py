@@ -4,10 +4,11 @@ textrl world --out data/world                       # prompts and SFT demonstrat
 textrl collect-preferences --model ckpt --pairs 10000 --out prefs.jsonl
 textrl annotate --model ckpt --pairs 50 --out my_labels.jsonl
 textrl evaluate --model ckpt --against sft_ckpt --split test
-textrl sft --model base --data data/world/train.demonstrations.jsonl --out runs/sft
+textrl sft --model base --data data/world/sft.demonstrations.jsonl --out runs/sft
 textrl rm --policy runs/sft/checkpoint-000120 --train prefs.jsonl --out runs/rm_help
 textrl ppo --policy runs/sft/checkpoint-000120 --helpfulness-rm runs/rm_help/checkpoint-000060 \\
     --safety-rm runs/rm_safety/checkpoint-000060 --out runs/ppo
+textrl rs --policy ckpt --helpfulness-rm rm_help --safety-rm rm_safety --out runs/rs
 textrl pipeline [--config pipeline.toml]            # all of it, rounds V1..Vn, and a report
 """
 
@@ -27,7 +28,7 @@ from pathlib import Path
 from textrl import distributed
 from textrl.jsonl import DataFormatError, write_jsonl_atomically
 from textrl.models import load_causal_lm
-from textrl.pipeline import load_pipeline_config, run_pipeline
+from textrl.pipeline import load_pipeline_config, run_pipeline, stages
 from textrl.reports import accuracy_figure, loss_figure, write_report
 from textrl.reward_model import (
     RewardModelConfig,
@@ -44,11 +45,11 @@ from textrl.world.evaluation import evaluate_model, evaluation_table
 from textrl.world.human_annotation import annotate, write_pairs_file
 from textrl.world.pair_sampling import Variant, sample_pairs
 from textrl.world.preferences import annotate_pairs, read_preferences, write_preferences
-from textrl.world.splits import SPLIT_FRACTIONS, split_tasks
+from textrl.world.splits import SPLITS, split_tasks
 
 
 def _world(args: argparse.Namespace) -> None:
-    for split in SPLIT_FRACTIONS:
+    for split in SPLITS:
         tasks = split_tasks(split, args.seed)
         write_jsonl_atomically(
             args.out / f"{split}.prompts.jsonl",
@@ -135,6 +136,7 @@ def _sft(args: argparse.Namespace) -> None:
         sequence_length=args.sequence_length,
         gradient_checkpointing=args.gradient_checkpointing,
         bf16=args.bf16,
+        fsdp=args.fsdp,
         seed=args.seed,
         device=args.device,
     )
@@ -173,6 +175,7 @@ def _reward_model(args: argparse.Namespace) -> None:
         batch_size=args.batch_size,
         seed=args.seed,
         device=args.device,
+        fsdp=args.fsdp,
     )
     result = train_reward_model(config)
     model, tokenizer = load_reward_model(result.checkpoint, args.device)
@@ -240,6 +243,25 @@ def _ppo(args: argparse.Namespace) -> None:
     print(json.dumps({"checkpoint": str(result.checkpoint), "final": result.history[-1]}))
 
 
+def _rejection_sampling(args: argparse.Namespace) -> None:
+    """One rejection-sampling round of the pipeline (its config's ``rejection_sampling``
+    section), from a policy and reward models to a checkpoint; runs under torchrun too."""
+    config = load_pipeline_config(args.config)
+    if args.device is not None:
+        config = dataclasses.replace(config, device=args.device)
+    distributed.setup(config.device)
+    reward_models = {
+        "helpfulness": {"checkpoint": args.helpfulness_rm},
+        "safety": {"checkpoint": args.safety_rm},
+    }
+    reward = stages.combined_reward(config, reward_models, args.policy)
+    args.out.mkdir(parents=True, exist_ok=True)
+    result = stages.rejection_sampling_stage(
+        config, args.round, args.policy, reward, args.kept, args.out
+    )
+    print(json.dumps(result))
+
+
 def _pipeline(args: argparse.Namespace) -> None:
     config = load_pipeline_config(args.config)
     if args.out is not None:
@@ -258,7 +280,7 @@ def _sampling_arguments(parser: argparse.ArgumentParser, pairs: bool) -> None:
         required=True,
         help="checkpoint (HF directory, .gguf or 'smollm2'); repeat for several",
     )
-    parser.add_argument("--split", default="train", choices=sorted(SPLIT_FRACTIONS))
+    parser.add_argument("--split", default="rlhf", choices=SPLITS)
     parser.add_argument("--split-seed", type=int, default=0, help="seed of the world's splits")
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--device", default="cpu")
@@ -273,6 +295,9 @@ def _sampling_arguments(parser: argparse.ArgumentParser, pairs: bool) -> None:
         parser.add_argument("--batch-size", type=int, default=256)
         parser.add_argument("--seed", type=int, default=0)
         parser.add_argument("--out", type=Path, required=True)
+
+
+FSDP_HELP = "under torchrun, shard the model over ranks (FSDP2) instead of copying it (DDP)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -310,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     sft.add_argument("--sequence-length", type=int, default=256)
     sft.add_argument("--gradient-checkpointing", action="store_true")
     sft.add_argument("--bf16", action="store_true")
+    sft.add_argument("--fsdp", action="store_true", help=FSDP_HELP)
     sft.add_argument("--seed", type=int, default=0)
     sft.add_argument("--device", default="cpu")
     sft.set_defaults(run=_sft)
@@ -331,6 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     reward.add_argument("--out", type=Path, required=True)
     reward.add_argument("--seed", type=int, default=0)
     reward.add_argument("--device", default="cpu")
+    reward.add_argument("--fsdp", action="store_true", help=FSDP_HELP)
     reward.set_defaults(run=_reward_model)
     ppo = commands.add_parser("ppo", help="RLHF: PPO from an SFT checkpoint and reward models")
     ppo.add_argument("--policy", required=True, help="SFT checkpoint (initial policy, reference)")
@@ -338,7 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
     ppo.add_argument("--safety-rm", help="with it, Llama 2's gated combined reward")
     ppo.add_argument("--out", type=Path, required=True)
     ppo.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
-    ppo.add_argument("--prompts", type=Path, help="prompt JSONL (default: the world's train split)")
+    ppo.add_argument(
+        "--prompts", type=Path, help="prompt JSONL (default: the world's RLHF prompts)"
+    )
     for name, kind in _PPO_OVERRIDES.items():
         ppo.add_argument("--" + name.replace("_", "-"), type=kind, help="overrides the preset")
     ppo.add_argument("--kl-estimator", choices=["k1", "k3"], default="k1")
@@ -346,6 +375,20 @@ def build_parser() -> argparse.ArgumentParser:
     ppo.add_argument("--seed", type=int, default=0)
     ppo.add_argument("--device", default="cpu")
     ppo.set_defaults(run=_ppo)
+    rs = commands.add_parser(
+        "rs", help="one rejection-sampling round: best of K by the reward models, fine-tuned"
+    )
+    rs.add_argument("--policy", required=True, help="checkpoint to sample from and fine-tune")
+    rs.add_argument("--helpfulness-rm", required=True)
+    rs.add_argument("--safety-rm", required=True)
+    rs.add_argument("--out", type=Path, required=True)
+    rs.add_argument(
+        "--config", type=Path, help="pipeline TOML whose [rejection_sampling] settings to use"
+    )
+    rs.add_argument("--round", type=int, default=1, help="round number (seeds, checkpoint name)")
+    rs.add_argument("--kept", type=Path, help="an earlier round's kept_episodes.pt to build on")
+    rs.add_argument("--device", help="overrides the config's device")
+    rs.set_defaults(run=_rejection_sampling)
     pipeline = commands.add_parser(
         "pipeline", help="the whole Llama 2 recipe: SFT, RMs, rounds of RS and PPO, report"
     )

@@ -6,21 +6,38 @@ each process in the environment: ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
 NCCL on CUDA, ``env://`` rendezvous) and is a no-op when the variables are absent,
 so a plain ``python`` run is the unchanged single process: rank 0 of 1, every
 reduction the identity. Nothing here communicates on its own; communication is
-torch.distributed's collectives and DDP's gradient all-reduce.
+torch.distributed's collectives, DDP's gradient all-reduce and FSDP's all-gathers and
+reduce-scatters.
+
+Two ways to train one model on N ranks (``wrap``): DDP keeps a full copy of the weights,
+gradients and optimizer state on every rank; FSDP (``fsdp=True``, PyTorch's FSDP2
+``fully_shard``) keeps 1/N of each on every rank and all-gathers one decoder layer's
+weights at a time for its forward and backward, for models that do not fit one device.
+Both average gradients over ranks, so the loss weighting of ``shard`` serves both.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
-from contextlib import AbstractContextManager
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.nn.parallel import DistributedDataParallel
+
+from textrl.masked import ReduceSum
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -156,12 +173,53 @@ def global_mean(scaled_loss: torch.Tensor) -> float:
     return all_reduce_sum(scaled_loss.detach()).item() / world_size()
 
 
-def wrap(model: torch.nn.Module, context: Distributed) -> torch.nn.Module:
-    """``model`` under DDP (gradients averaged over ranks in ``backward``) when distributed."""
+def lockstep_micro_batches(
+    part: Shard, size: int, global_rows: int
+) -> list[tuple[torch.Tensor, float]]:
+    """``part.rows`` in micro-batches of at most ``size`` rows with their loss scale, padded
+    to the same count on every rank by zero-weight micro-batches of the first row.
+
+    FSDP all-gathers each layer's weights in every forward and backward, so all ranks must
+    run as many of them; shards of a ``global_rows``-row batch differ by one row, which can
+    make one rank's micro-batch count one larger than another's.
+    """
+    count = math.ceil(math.ceil(global_rows / world_size()) / size)
+    pieces = [(rows, part.loss_scale) for rows in part.rows.split(size)]
+    return pieces + [(part.rows[:1], 0.0)] * (count - len(pieces))
+
+
+def wrap(model: torch.nn.Module, context: Distributed, fsdp: bool = False) -> torch.nn.Module:
+    """``model`` ready to train on every rank: under DDP (a full copy per rank, gradients
+    averaged in ``backward``) or, with ``fsdp``, sharded by FSDP2 (see ``shard_per_layer``).
+    A single process gets ``model`` back. FSDP replaces the parameters in place: build the
+    optimizer from ``model.parameters()`` after this call."""
     if not context.enabled:
         return model
+    if fsdp:
+        return shard_per_layer(model)
     device_ids = [context.device.index] if context.device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=device_ids)
+
+
+def shard_per_layer(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` sharded in place by FSDP2 with one unit per decoder layer (the classes a
+    Hugging Face model lists in ``_no_split_modules``), and the root holding the rest
+    (embeddings, the tied LM head, the final norm, a reward head).
+
+    One unit per layer bounds the memory of unsharded weights to about one layer at a
+    time; a tied embedding and LM head stay in one unit, so they stay tied.
+    """
+    layer_classes = set(getattr(model, "_no_split_modules", None) or ())
+    layers = [module for module in model.modules() if type(module).__name__ in layer_classes]
+    if not layers:
+        raise ValueError(
+            f"FSDP shards per decoder layer, but {type(model).__name__} lists no decoder-layer "
+            "class in _no_split_modules; train it with DDP instead (without --fsdp)"
+        )
+    for layer in layers:
+        fully_shard(layer)
+    fully_shard(model)
+    return model
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -169,9 +227,79 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if isinstance(model, DistributedDataParallel) else model
 
 
-def gradient_sync(model: torch.nn.Module, enabled: bool) -> AbstractContextManager[object]:
-    """Context for one backward: DDP skips its all-reduce unless ``enabled`` (the last
-    micro-batch of an accumulated step), so a step communicates once, not per micro-batch."""
-    if enabled or not isinstance(model, DistributedDataParallel):
-        return contextlib.nullcontext()
-    return model.no_sync()
+@contextlib.contextmanager
+def gradient_sync(model: torch.nn.Module, enabled: bool) -> Iterator[None]:
+    """Context for one backward: DDP and FSDP skip their gradient all-reduce (reduce-scatter)
+    unless ``enabled`` (the last micro-batch of an accumulated step), so a step communicates
+    gradients once, not per micro-batch."""
+    if enabled:
+        yield
+    elif isinstance(model, DistributedDataParallel):
+        with model.no_sync():
+            yield
+    elif isinstance(model, FSDPModule):
+        model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)
+    else:
+        yield
+
+
+_FULL_ON_CPU = StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The whole model's weights on CPU, keyed as the plain model's, on rank 0 (empty on
+    the others; under FSDP every rank must call this, as it all-gathers the shards).
+
+    A tied weight (the LM head of a model that ties it to the embedding) is listed once,
+    under its first name, as ``save_pretrained`` writes it: gathered shards no longer share
+    storage, which is how Hugging Face recognises a tie.
+    """
+    plain = unwrap(model)
+    weights = get_model_state_dict(plain, options=_FULL_ON_CPU)
+    names = {name for name, _ in plain.named_parameters()}
+    aliases = {name for name, _ in plain.named_parameters(remove_duplicate=False)} - names
+    return {name: value for name, value in weights.items() if name not in aliases}
+
+
+def full_optimizer_state(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer
+) -> dict[str, Any]:
+    """``optimizer``'s whole state keyed by parameter name, on CPU on rank 0 (every rank
+    calls it); loads into any number of ranks, sharded or not (``load_optimizer_state``)."""
+    return get_optimizer_state_dict(unwrap(model), optimizer, options=_FULL_ON_CPU)
+
+
+def load_optimizer_state(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]
+) -> None:
+    """Load a ``full_optimizer_state`` (read by every rank) into ``optimizer``, each rank
+    keeping its shard under FSDP."""
+    set_optimizer_state_dict(
+        unwrap(model), optimizer, state, options=StateDictOptions(full_state_dict=True)
+    )
+
+
+def sum_gradients(
+    parameters: Iterable[torch.nn.Parameter], reduce_sum: ReduceSum, values: torch.Tensor
+) -> torch.Tensor:
+    """Replace each trainable parameter's gradient by its sum over processes and return
+    ``values`` (1-D) summed too, in one all-reduce of one flat tensor.
+
+    Every rank must send the same layout: a parameter without a gradient on this rank (a
+    rank with nothing to back-propagate this step) sends zeros, and one without a gradient
+    on any rank keeps ``None``, so the optimizer skips it as it would in one process.
+    """
+    trainable = [p for p in parameters if p.requires_grad]
+    gradients = [p.new_zeros(p.numel()) if p.grad is None else p.grad.flatten() for p in trainable]
+    present = torch.tensor([p.grad is not None for p in trainable]).to(gradients[0])
+    total = reduce_sum(torch.cat([*gradients, present, values.to(gradients[0])]))
+    sizes = [g.numel() for g in gradients]
+    summed = total[: sum(sizes)].split(sizes)
+    anywhere = total[sum(sizes) : sum(sizes) + len(trainable)] > 0
+    for parameter, gradient, seen in zip(trainable, summed, anywhere.tolist(), strict=True):
+        parameter.grad = gradient.view_as(parameter).clone() if seen else None
+    return total[sum(sizes) + len(trainable) :]

@@ -9,8 +9,9 @@ overall and per rating, as in the paper's Table 8.
 
 Under ``torchrun`` the model is wrapped in DDP and each step's global batch of
 ``world_size * batch_size`` pairs is split into one shard per rank; the loss mean
-over the global batch is kept exact as in SFT (``textrl.distributed.shard``).
-Rank 0 alone logs and writes the checkpoint.
+over the global batch is kept exact as in SFT (``textrl.distributed.shard``); with
+``fsdp`` the model is sharded per decoder layer instead, as in SFT. Rank 0 alone logs
+and writes the checkpoint.
 """
 
 from __future__ import annotations
@@ -67,6 +68,8 @@ class RewardModelConfig:
     """Tokens per prompt + response (longer ones are refused with their position)."""
     seed: int = 0
     device: str = "cpu"
+    fsdp: bool = False
+    """Under torchrun, shard the model over ranks (FSDP2) instead of copying it (DDP)."""
 
 
 @dataclass
@@ -175,6 +178,8 @@ def train_reward_model(config: RewardModelConfig) -> RewardModelResult:
     pairs_per_step = config.batch_size * context.world_size
     steps_per_epoch = math.ceil(len(pairs) / pairs_per_step)
     total_steps = config.epochs * steps_per_epoch
+    model.train()
+    trained = distributed.wrap(model, context, config.fsdp)  # before the optimizer (see wrap)
     optimizer, scheduler = adamw_with_cosine(
         model, config.learning_rate, config.weight_decay, total_steps, config.warmup_fraction
     )
@@ -182,8 +187,6 @@ def train_reward_model(config: RewardModelConfig) -> RewardModelResult:
         SummaryWriter(str(config.output_dir / "tensorboard")) if context.is_main_process else None
     )
     result = RewardModelResult(checkpoint=Path())
-    model.train()
-    trained = distributed.wrap(model, context)
     start = time.perf_counter()
     steps = tqdm(
         range(total_steps),
@@ -223,6 +226,7 @@ def train_reward_model(config: RewardModelConfig) -> RewardModelResult:
     elapsed = time.perf_counter() - start
     result.pairs_per_second = len(pairs) * config.epochs / elapsed if elapsed > 0 else 0.0
     model.eval()
+    weights = distributed.full_state_dict(model)  # a collective: every rank calls it
     if context.is_main_process:
         save_checkpoint(
             config.output_dir,
@@ -230,6 +234,7 @@ def train_reward_model(config: RewardModelConfig) -> RewardModelResult:
             model,
             tokenizer,
             {"step": total_steps, "category": config.category},
+            weights,
         )
     distributed.barrier()
     result.checkpoint = checkpoint_path(config.output_dir, total_steps)

@@ -81,8 +81,8 @@ class RLHFConfig:
     safety_rm: str | None = None
     """Safety reward model; with it the reward is Llama 2's gated combination."""
     prompts: Path | None = None
-    """Prompt JSONL (``prompt``, optional ``is_safety``); None = the synthetic world's train
-    split, which also enables gold rewards and the gold evaluation."""
+    """Prompt JSONL (``prompt``, optional ``is_safety``); None = the synthetic world's RLHF
+    prompts, which also enables gold rewards and the gold evaluation."""
     world_split_seed: int = 0
     """Seed of the synthetic world's splits."""
     iterations: int = 20
@@ -177,7 +177,7 @@ class PromptSet:
 
 def load_prompt_set(config: RLHFConfig) -> PromptSet:
     if config.prompts is None:
-        train = split_tasks("train", config.world_split_seed)
+        train = split_tasks("rlhf", config.world_split_seed)
         return PromptSet(
             prompts=[t.prompt for t in train],
             is_safety={t.prompt: t.is_safety for t in all_tasks()},

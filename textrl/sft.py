@@ -15,7 +15,10 @@ over *all* its answer tokens, ``sum_r sum_{t in shard r} CE_t / N`` with ``N`` t
 global answer-token count (known on every rank: all of them hold the packed data),
 so each rank back-propagates ``world_size * sum_{t in shard r} CE_t / N`` and DDP's
 gradient average makes the step exactly that of one process over the global batch.
-Rank 0 alone logs and writes checkpoints; they load in a single process.
+With ``fsdp`` the model is sharded per decoder layer instead (FSDP2, which averages
+gradients the same way); every rank then runs as many micro-batches, padding with
+zero-weight ones. Rank 0 alone logs and writes checkpoints (under FSDP from weights
+gathered on every rank); they load in a single process.
 """
 
 from __future__ import annotations
@@ -81,6 +84,9 @@ class SFTConfig:
     """Recompute activations in the backward pass (memory for time)."""
     bf16: bool = False
     """bfloat16 autocast (use where the device supports it, e.g. recent GPUs)."""
+    fsdp: bool = False
+    """Under torchrun, shard weights, gradients and optimizer state over ranks (FSDP2, one
+    unit per decoder layer) instead of a full copy per rank (DDP)."""
     save_every_steps: int = 50
     """Optimizer steps between checkpoints (the last step is always saved)."""
     seed: int = 0
@@ -118,12 +124,14 @@ def save_checkpoint(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     state: dict[str, object],
+    weights: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write ``checkpoint-<step>`` via a staging directory and an atomic rename."""
+    """Write ``checkpoint-<step>`` via a staging directory and an atomic rename; ``weights``
+    (``distributed.full_state_dict``) replace the model's own, which FSDP holds sharded."""
     target = checkpoint_path(output_dir, step)
     staging = Path(tempfile.mkdtemp(dir=output_dir, prefix=f".{target.name}."))
     try:
-        model.save_pretrained(staging, safe_serialization=True)
+        model.save_pretrained(staging, state_dict=weights, safe_serialization=True)
         tokenizer.save_pretrained(staging)
         torch.save(state, staging / STATE_FILE)
         os.replace(staging, target)
@@ -153,21 +161,21 @@ def train_sft(config: SFTConfig, stop_after_steps: int | None = None) -> SFTResu
     sequences_per_step = config.batch_size * config.gradient_accumulation * context.world_size
     steps_per_epoch = math.ceil(len(packed.input_ids) / sequences_per_step)
     total_steps = config.epochs * steps_per_epoch
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    model.train()
+    trained = distributed.wrap(model, context, config.fsdp)  # before the optimizer (see wrap)
     optimizer, scheduler = adamw_with_cosine(
         model, config.learning_rate, config.weight_decay, total_steps, config.warmup_fraction
     )
     step = 0
     if previous:
         state = torch.load(previous[-1] / STATE_FILE, weights_only=False)
-        optimizer.load_state_dict(state["optimizer"])
+        distributed.load_optimizer_state(model, optimizer, state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step = state["step"]
         _restore_rng(state["torch_rng_by_rank"], context)
         logger.info("resuming %s at step %d of %d", previous[-1], step, total_steps)
-    if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    model.train()
-    trained = distributed.wrap(model, context)
     writer = (
         SummaryWriter(str(config.output_dir / "tensorboard")) if context.is_main_process else None
     )
@@ -200,6 +208,8 @@ def train_sft(config: SFTConfig, stop_after_steps: int | None = None) -> SFTResu
         progress.set_postfix(loss=f"{step_loss:.3f}")
         if (step + 1) % config.save_every_steps == 0 or step + 1 in (end_step, total_steps):
             rng_by_rank = distributed.all_gather_object(torch.random.get_rng_state())
+            weights = distributed.full_state_dict(model)  # collectives: every rank calls them
+            optimizer_state = distributed.full_optimizer_state(model, optimizer)
             if context.is_main_process:
                 save_checkpoint(
                     config.output_dir,
@@ -207,12 +217,13 @@ def train_sft(config: SFTConfig, stop_after_steps: int | None = None) -> SFTResu
                     model,
                     tokenizer,
                     {
-                        "optimizer": optimizer.state_dict(),
+                        "optimizer": optimizer_state,
                         "scheduler": scheduler.state_dict(),
                         "step": step + 1,
                         "torch_rng_by_rank": rng_by_rank,
                         "config": asdict(config),
                     },
+                    weights,
                 )
             distributed.barrier()  # the other ranks may read it (resume) once it is in place
             result.checkpoint = checkpoint_path(config.output_dir, step + 1)
@@ -239,9 +250,9 @@ def _accumulate_gradients(
     """
     device = context.device
     part = distributed.shard(rows, answer_tokens(packed.labels[rows]))
-    micro_batches = part.rows.split(config.batch_size)
+    micro_batches = distributed.lockstep_micro_batches(part, config.batch_size, len(rows))
     scaled_loss = torch.zeros((), dtype=torch.float64, device=device)
-    for index, micro_rows in enumerate(micro_batches):
+    for index, (micro_rows, loss_scale) in enumerate(micro_batches):
         labels = packed.labels[micro_rows].to(device)
         with distributed.gradient_sync(model, enabled=index == len(micro_batches) - 1):
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
@@ -251,7 +262,7 @@ def _accumulate_gradients(
                     position_ids=packed.position_ids[micro_rows].to(device),
                 ).logits  # (b, L, vocab)
                 token_loss_sum = prompt_masked_lm_loss(logits, labels) * answer_tokens(labels)
-            micro_loss = token_loss_sum * part.loss_scale
+            micro_loss = token_loss_sum * loss_scale
             micro_loss.backward()
         scaled_loss += micro_loss.detach().double()
     return distributed.global_mean(scaled_loss)

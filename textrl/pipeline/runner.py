@@ -69,7 +69,7 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
         "sft",
         out / "sft",
         lambda d: stages.sft_stage(
-            config, base["checkpoint"], out / "world" / "train.demonstrations.jsonl", d
+            config, base["checkpoint"], out / "world" / "sft.demonstrations.jsonl", d
         ),
     )
     versions = {

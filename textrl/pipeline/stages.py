@@ -24,7 +24,8 @@ from agents.episode_buffer import EpisodeBuffer
 from agents.lm_policy import LMActorCriticPolicy
 from agents.rejection_sampling import KeptEpisode, RejectionSampling
 from agents.text_collector import TextCollector
-from envs.text_generation import RewardFunction, TextGenerationVectorEnv
+from envs.text_generation import RewardFunction, TextGenerationVectorEnv, prompt_fingerprint
+from textrl import distributed
 from textrl.checkpoint import save_atomically
 from textrl.combined_reward import CombinedReward
 from textrl.generation import generate_responses
@@ -39,7 +40,7 @@ from textrl.reward_model import (
 )
 from textrl.rlhf_ppo import ADAM_BETAS, ADAM_EPS, RLHFConfig, train_rlhf_ppo
 from textrl.sampling import SamplingConfig
-from textrl.sft import SFTConfig, save_checkpoint, train_sft
+from textrl.sft import SFTConfig, checkpoint_path, save_checkpoint, train_sft
 from textrl.tokenization import build_char_tokenizer
 from textrl.world.annotator import SimulatedAnnotator, bayes_accuracy
 from textrl.world.demonstrations import write_demonstrations
@@ -52,7 +53,7 @@ from textrl.world.preferences import (
     read_preferences,
     write_preferences,
 )
-from textrl.world.splits import SPLIT_FRACTIONS, split_tasks
+from textrl.world.splits import split_tasks
 from textrl.world.tasks import Task, all_tasks
 
 CATEGORIES = ("helpfulness", "safety")
@@ -63,7 +64,7 @@ CALIBRATION_PROMPTS = 256
 def world_stage(config: PipelineConfig, directory: Path) -> dict[str, object]:
     """The world's prompts and SFT demonstrations per split."""
     counts = {}
-    for split in SPLIT_FRACTIONS:
+    for split in ("sft", "validation", "test"):
         tasks = split_tasks(split, config.seed)
         write_demonstrations(directory / f"{split}.demonstrations.jsonl", tasks)
         counts[split] = len(tasks)
@@ -166,7 +167,7 @@ def preferences_stage(
     new = _pairs_by_category(
         config,
         models,
-        split_tasks("train", config.seed),
+        split_tasks("rlhf", config.seed),
         settings.pairs_per_round,
         settings.safety_pairs_per_round,
         seed,
@@ -235,7 +236,7 @@ def combined_reward(
     policy_checkpoint: str,
 ) -> CombinedReward:
     """The round's combined reward, whitened on the current policy's samples."""
-    train = split_tasks("train", config.seed)
+    train = split_tasks("rlhf", config.seed)
     model, tokenizer = load_causal_lm(policy_checkpoint, device=config.device)
     rng = np.random.default_rng(config.seed)
     torch.manual_seed(config.seed)
@@ -285,7 +286,7 @@ def tuned_temperature(
     """The candidate temperature whose best of K samples has the highest mean reward on a
     seeded sample of training prompts, and each candidate's score."""
     settings = config.rejection_sampling
-    train = split_tasks("train", config.seed)
+    train = split_tasks("rlhf", config.seed)
     rng = np.random.default_rng(seed)
     prompts = [train[i].prompt for i in rng.integers(0, len(train), settings.temperature_prompts)]
     scores = {}
@@ -313,13 +314,22 @@ def rejection_sampling_stage(
     directory: Path,
 ) -> dict[str, object]:
     """Best of K samples per prompt by the combined reward, kept across rounds, then
-    fine-tuning the latest model on the kept responses (prompt-masked likelihood)."""
+    fine-tuning the latest model on the kept responses (prompt-masked likelihood).
+
+    Under torchrun each rank samples ``prompts_per_round / world_size`` prompts from its own
+    shard of the prompts (so a prompt's kept episode lives on one rank in every round), the
+    algorithm reduces its tallies and gradients over ranks, and rank 0 writes the union of
+    the kept sets and the checkpoint.
+    """
     settings = config.rejection_sampling
     seed = config.seed * 1000 + round_index
+    context = distributed.setup(config.device)
     torch.manual_seed(seed)
     model, tokenizer = load_causal_lm(policy_checkpoint, device=config.device)
     disable_dropout(model)
-    prompts = [t.prompt for t in split_tasks("train", config.seed)]
+    prompts = [t.prompt for t in split_tasks("rlhf", config.seed)][
+        context.rank :: context.world_size
+    ]
     k = settings.samples_per_prompt
     prompts_per_batch = max(1, 256 // k)
     env = TextGenerationVectorEnv(
@@ -333,7 +343,7 @@ def rejection_sampling_stage(
         device=config.device,
     )
     temperature, temperature_scores = tuned_temperature(config, model, tokenizer, reward, seed)
-    torch.manual_seed(seed)
+    torch.manual_seed(distributed.rank_seed(seed))  # each rank samples its own responses
     policy = LMActorCriticPolicy(
         model=model,
         observation_space=env.single_observation_space,
@@ -349,19 +359,23 @@ def rejection_sampling_stage(
         ),
         samples_per_start=k,
         keep_best_of_all_rounds=settings.keep_best_of_all_rounds,
+        reduce_sum=distributed.all_reduce_sum if context.enabled else None,
     )
     if earlier_kept is not None and settings.keep_best_of_all_rounds:
+        mine = {np.int64(prompt_fingerprint(p)).tobytes() for p in prompts}
+        earlier = torch.load(earlier_kept, weights_only=False)
         algorithm.restore_kept_episodes(
-            torch.load(earlier_kept, weights_only=False), rounds_done=round_index - 1
+            [episode for episode in earlier if episode.start_state in mine],
+            rounds_done=round_index - 1,
         )
-    batches = math.ceil(settings.prompts_per_round / prompts_per_batch)
+    batches = math.ceil(settings.prompts_per_round / (prompts_per_batch * context.world_size))
     buffer = EpisodeBuffer(
         capacity=batches * prompts_per_batch * k,
         max_prompt_tokens=64,
         max_new_tokens=config.evaluation.max_new_tokens,
         pad_token_id=tokenizer.pad_token_id,
     )
-    collector = TextCollector(algorithm, env, buffer=buffer, seed=seed)
+    collector = TextCollector(algorithm, env, buffer=buffer, seed=distributed.rank_seed(seed))
     with policy_within_training_step(policy):
         collector.collect(n_episode=batches * prompts_per_batch * k)
         stats = algorithm.update(
@@ -369,10 +383,13 @@ def rejection_sampling_stage(
             batch_size=settings.minibatch_size * config.evaluation.max_new_tokens,
             repeat=settings.epochs,
         )
-    kept = algorithm.kept_episodes
-    save_atomically(kept, directory / KEPT_FILE)
-    _write_kept_text(kept, tokenizer, directory / "kept.jsonl")
-    checkpoint = save_checkpoint(directory, round_index, model, tokenizer, {"round": round_index})
+    kept = [e for part in distributed.all_gather_object(algorithm.kept_episodes) for e in part]
+    checkpoint = checkpoint_path(directory, round_index)
+    if context.is_main_process:
+        save_atomically(kept, directory / KEPT_FILE)
+        _write_kept_text(kept, tokenizer, directory / "kept.jsonl")
+        save_checkpoint(directory, round_index, model, tokenizer, {"round": round_index})
+    distributed.barrier()
     result = {
         "checkpoint": str(checkpoint),
         "kept": str(directory / KEPT_FILE),
@@ -384,6 +401,8 @@ def rejection_sampling_stage(
         "kept_mean_reward": stats.kept_mean_return,
         "loss": stats.loss,
     }
+    if not context.is_main_process:
+        return result
     with SummaryWriter(str(directory / "tensorboard")) as writer:
         for name, value in result.items():
             if isinstance(value, float | int):
