@@ -144,6 +144,14 @@ class LMActorCriticPolicy(Policy):
             policy=Batch(log_prob=log_probs.cpu().numpy(), value=values.float().cpu().numpy()),
         )
 
+    def idle_step(self) -> None:
+        """One forward that feeds every row padding and changes no row's state: what a rank
+        whose episodes have all ended runs while other ranks still decode with an
+        FSDP-sharded model, each of whose forwards is a collective (``TextCollector``'s
+        ``synced``)."""
+        inactive = torch.zeros(self._decoder.batch_size, dtype=torch.bool, device=self.device)
+        self._decoder.advance(inactive.long(), inactive)
+
     def _banned_tokens(self, mask: np.ndarray, logits: torch.Tensor) -> torch.Tensor | None:
         """EOS for rows shorter than ``min_new_tokens``, else nothing."""
         if self.sampling.min_new_tokens == 0:

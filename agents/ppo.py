@@ -11,6 +11,8 @@ Under torchrun every rank collects its own rollouts and runs this algorithm with
 whitening and the adaptive KL controller's measured KL then use the statistics
 of all ranks' rollouts together, and each gradient step averages the ranks'
 gradients (as DDP would) in one all-reduce, so every rank takes the same step.
+When the policy's LM is sharded by FSDP, FSDP averages its gradients itself and the
+all-reduce carries only the rest (the value head).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from tianshou.data import Batch, ReplayBuffer
 from agents.row_batch import RowBatch
 from agents.segment_policy import ReferenceScoringPolicy, SegmentPolicy
 from agents.segments import segments_from_buffer
-from textrl.distributed import sum_gradients
+from textrl.distributed import clip_grad_norm_, replicated, sum_gradients
 from textrl.gae import masked_gae
 from textrl.kl import AdaptiveKLController, KLEstimator
 from textrl.masked import ReduceSum, masked_mean, masked_whiten
@@ -196,6 +198,11 @@ class PPO(OnPolicyAlgorithm[Policy]):
         self._initial_learning_rates = [group["lr"] for group in self._torch_optimizer.param_groups]
 
     @property
+    def torch_optimizer(self) -> torch.optim.Optimizer:
+        """The AdamW (or other) instance the policy's parameters step with, for checkpoints."""
+        return self._torch_optimizer
+
+    @property
     def _device(self) -> torch.device:
         return next(self.policy.parameters()).device
 
@@ -312,7 +319,7 @@ class PPO(OnPolicyAlgorithm[Policy]):
                     stop = True
                     break
                 if self.max_grad_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
+                    clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
                 self._torch_optimizer.step()
                 metrics.append(step_metrics)
             if stop:
@@ -328,15 +335,15 @@ class PPO(OnPolicyAlgorithm[Policy]):
 
     def _average_over_processes(self, metrics: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Gradients and minibatch metrics averaged over processes, in one all-reduce: every
-        rank then takes the same step and the same ``target_kl`` decision."""
+        rank then takes the same step and the same ``target_kl`` decision. FSDP has averaged
+        the gradients of the parameters it shards in backward already."""
         if self.reduce_sum is None:
             return metrics
         values = torch.stack(list(metrics.values()))
-        total = sum_gradients(
-            self.policy.parameters(), self.reduce_sum, torch.cat([values, values.new_ones(1)])
-        )
+        parameters = replicated(self.policy.parameters())
+        total = sum_gradients(parameters, self.reduce_sum, torch.cat([values, values.new_ones(1)]))
         processes = total[-1]  # the last entry counts the processes
-        for parameter in self.policy.parameters():
+        for parameter in parameters:
             if parameter.grad is not None:
                 parameter.grad.div_(processes)
         return dict(zip(metrics, total[:-1] / processes, strict=True))

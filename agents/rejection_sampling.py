@@ -34,8 +34,12 @@ keeps its own best episodes, so kept sets differ in size across ranks. With
 ``reduce_sum=textrl.distributed.all_reduce_sum`` the round's tallies are sums over all
 ranks, every rank takes the same number of fine-tuning steps (fixed by the global kept
 count; a rank with fewer rows takes smaller, possibly empty, minibatches), and each
-step's loss is the likelihood per kept step over all ranks' minibatches, its gradient
-summed over ranks in one all-reduce, so every rank takes the same step.
+step's loss is the likelihood per kept step over all ranks' minibatches, so every rank
+takes the same step. Gradients are averaged over ranks, as FSDP's reduce-scatter does for
+the parameters it shards (``textrl ppo --fsdp``, ``textrl rs --fsdp``), so each rank weights
+its loss by the number of ranks; the others' (all of them without FSDP) are averaged in one
+all-reduce. Each step every rank runs a forward and a backward, an empty minibatch on a
+zero-weight stand-in row: FSDP's all-gathers and reduce-scatters are collectives.
 """
 
 from __future__ import annotations
@@ -55,7 +59,7 @@ from tianshou.data import Batch, ReplayBuffer
 
 from agents.row_batch import RowBatch
 from agents.segments import Segments, segments_from_buffer
-from textrl.distributed import sum_gradients
+from textrl.distributed import clip_grad_norm_, replicated, sum_gradients
 from textrl.masked import ReduceSum, masked_sum
 
 
@@ -153,6 +157,9 @@ class SelectedEpisodes:
 
     training_rows: RowBatch | None
     """This process's kept set as one batch (None when it keeps nothing yet)."""
+    stand_in_row: RowBatch
+    """One sampled episode, back-propagated at weight 0 in a step that leaves this process
+    no kept rows, so that every process runs each step's forward and backward."""
     sampled_mean_return: float
     """Mean return of the round's episodes."""
     best_of_k_mean_return: float
@@ -293,6 +300,7 @@ class RejectionSampling(OnPolicyAlgorithm[Policy]):
         )
         return SelectedEpisodes(
             training_rows=concatenate_rows([k.episode for k in kept]) if kept else None,
+            stand_in_row=rows.select(torch.tensor([0])),
             sampled_mean_return=return_sum / episodes,
             best_of_k_mean_return=best_sum / group_count,
             rejected_count=int(rejected),
@@ -327,8 +335,10 @@ class RejectionSampling(OnPolicyAlgorithm[Policy]):
     ) -> RejectionSamplingTrainingStats:
         losses: list[float] = []
         rows = batch.training_rows
-        if rows is not None and self.policy.scores_steps_independently:
-            rows = rows.as_single_steps()
+        stand_in = batch.stand_in_row
+        if self.policy.scores_steps_independently:
+            rows = None if rows is None else rows.as_single_steps()
+            stand_in = stand_in.as_single_steps().select(torch.tensor([0]))
         num_rows = 0 if rows is None else rows.num_rows
         capacity = 0 if rows is None or batch_size is None else batch_size / rows.mask.shape[1]
         global_rows, global_capacity = self._summed(num_rows, math.ceil(capacity)).tolist()
@@ -340,7 +350,10 @@ class RejectionSampling(OnPolicyAlgorithm[Policy]):
             steps_per_epoch = math.ceil(global_rows / global_capacity)
         for _ in range(repeat):
             for indices in torch.randperm(num_rows).tensor_split(steps_per_epoch):
-                losses.append(self._fine_tuning_step(rows, indices))
+                minibatch, weight = (
+                    (stand_in, 0.0) if len(indices) == 0 else (rows.select(indices), 1.0)
+                )
+                losses.append(self._fine_tuning_step(minibatch, weight))
         self.num_updates += 1
         return RejectionSamplingTrainingStats(
             loss=float(np.mean(losses)) if losses else math.nan,
@@ -354,31 +367,29 @@ class RejectionSampling(OnPolicyAlgorithm[Policy]):
             learning_rate=self._torch_optimizer.param_groups[0]["lr"],
         )
 
-    def _fine_tuning_step(self, rows: RowBatch | None, indices: torch.Tensor) -> float:
-        """One step on the kept ``rows[indices]`` of every process: minimise the negative
-        log-likelihood per kept step of the union; returns that loss.
+    def _fine_tuning_step(self, minibatch: RowBatch, weight: float) -> float:
+        """One step on every process's ``minibatch``: minimise the negative log-likelihood per
+        kept step of their union; returns that loss. ``weight`` is 0 for a stand-in row.
 
-        Each process back-propagates its own sum over the global step count; the sum of
-        the processes' gradients is then the union's. A process with no rows in this step
-        (``indices`` empty) sends zero gradients, so the processes stay in step.
+        Each process back-propagates its own sum over the global step count times the number
+        of processes, so the gradients averaged over processes (by FSDP for the parameters it
+        shards, by hand for the rest) are the union's.
         """
         self._torch_optimizer.zero_grad()
-        log_likelihood_sum = torch.zeros((), device=self._device)
-        step_count = torch.zeros((), device=self._device)
-        if len(indices):
-            minibatch = rows.select(indices)
-            log_likelihood_sum = masked_sum(self.policy.log_likelihoods(minibatch), minibatch.mask)
-            step_count = minibatch.mask.sum()
-        global_steps = self._summed(step_count.item()).to(log_likelihood_sum)
-        if len(indices):
-            (-log_likelihood_sum / global_steps).backward()
+        log_likelihood_sum = weight * masked_sum(
+            self.policy.log_likelihoods(minibatch), minibatch.mask
+        )
+        global_steps, processes = self._summed(weight * minibatch.mask.sum().item(), 1).tolist()
+        (-log_likelihood_sum * processes / global_steps).backward()
         global_sum = log_likelihood_sum.detach()
         if self.reduce_sum is not None:
-            global_sum = sum_gradients(
-                self.policy.parameters(), self.reduce_sum, global_sum.reshape(1)
-            )[0]
+            parameters = replicated(self.policy.parameters())
+            global_sum = sum_gradients(parameters, self.reduce_sum, global_sum.reshape(1))[0]
+            for parameter in parameters:
+                if parameter.grad is not None:
+                    parameter.grad.div_(processes)
         if self.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
+            clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
         self._torch_optimizer.step()
         return float(-global_sum / global_steps)
 

@@ -6,7 +6,8 @@ response tokens, the policy's log-probs and values at acting time, the
 reference model's log-probs, the rewards, and the row's start-state id (the env's
 ``info["group"]``: rows sampled from one prompt share it). Rows advance together, so column
 ``t`` of the round is response token ``t`` of every row still running: no
-per-row Python work per token.
+per-row Python work per token. With ``synced`` (a policy whose LM is sharded by FSDP) the
+rounds of all ranks step together: see ``TextCollector.__init__``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from tianshou.data import Batch
 
 from agents.batched_collector import BatchedEnvCollector
 from agents.episode_buffer import EpisodeBuffer
+from agents.lm_policy import LMActorCriticPolicy
 from envs.text_generation import TextGenerationVectorEnv
+from textrl import distributed
 
 
 class TextCollector(BatchedEnvCollector):
@@ -34,13 +37,21 @@ class TextCollector(BatchedEnvCollector):
         env: TextGenerationVectorEnv,
         buffer: EpisodeBuffer | None = None,
         seed: int | None = None,
+        synced: bool = False,
     ) -> None:
+        """
+        :param synced: step every round until the rows of every rank have ended (Hugging
+            Face's ``generate(synced_gpus=True)``), a rank whose rows have ended running the
+            policy's ``idle_step``. Needed when the policy's LM is sharded by FSDP, whose
+            forwards are collectives; every rank then collects as many rounds.
+        """
         if not isinstance(env, TextGenerationVectorEnv):
             raise TypeError(
                 f"TextCollector drives a TextGenerationVectorEnv, got {type(env).__name__}"
             )
         self._text_env = env
         self._seed = seed
+        self._synced = synced
         default_buffer = EpisodeBuffer(
             capacity=max(1024, env.num_envs),
             max_prompt_tokens=env.max_prompt_tokens,
@@ -54,6 +65,11 @@ class TextCollector(BatchedEnvCollector):
             env.num_envs,
             env.single_action_space,
         )
+        if synced and not isinstance(self.policy, LMActorCriticPolicy):
+            raise TypeError(
+                f"synced collection steps an idle policy with idle_step, which "
+                f"{type(self.policy).__name__} lacks; use an LMActorCriticPolicy or synced=False"
+            )
 
     def reset_env(self, gym_reset_kwargs: dict[str, Any] | None = None) -> tuple[Any, Any]:
         """Each round of ``collect`` resets the env itself (lockstep batches)."""
@@ -96,7 +112,10 @@ class TextCollector(BatchedEnvCollector):
         prompt_ids = observation["input_ids"][:, : env.max_prompt_tokens].copy()
         prompt_mask = observation["attention_mask"][:, : env.max_prompt_tokens].copy()
         step = 0
-        while running.any():
+        while self._any_row_running(running):
+            if not running.any():  # synced: this rank is done, others still decode
+                self.policy.idle_step()
+                continue
             if random:
                 actions = np.asarray(env.action_space.sample())
                 log_probs = values = np.full(rows, np.nan, dtype=np.float32)
@@ -130,3 +149,9 @@ class TextCollector(BatchedEnvCollector):
             **per_token,
         )
         return per_token["rewards"].sum(1), response_mask.sum(1)
+
+    def _any_row_running(self, running: np.ndarray) -> bool:
+        """Whether a row of this round still runs here or, when synced, on any rank."""
+        if not self._synced:
+            return bool(running.any())
+        return distributed.any_rank(torch.tensor(running.any(), device=self._text_env.device))

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import io
 import json
 import os
 import pickle
 import runpy
 import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,26 +25,34 @@ import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
 from tianshou.algorithm.algorithm_base import policy_within_training_step
-from tianshou.algorithm.optim import AdamOptimizerFactory
+from tianshou.algorithm.optim import AdamOptimizerFactory, TorchOptimizerFactory
+from torch.distributed.tensor import DTensor
 
 from agents import PPO
 from agents.lm_policy import LMActorCriticPolicy
 from agents.ppo import PPORollout
-from agents.rejection_sampling import RejectionSampling
+from agents.rejection_sampling import RejectionSampling, concatenate_rows
 from agents.segments import segments_from_buffer
 from agents.text_collector import TextCollector
 from envs.text_generation import TextGenerationVectorEnv
+from tests.test_rlhf_ppo import a_count_reward, tiny_config
 from tests.text_fixtures import PROMPTS, TOKENIZER, length_reward, text_env_and_policy, tiny_model
 from textrl import cli, distributed
+from textrl.generation import generate_responses
 from textrl.kl import AdaptiveKLController
 from textrl.masked import masked_whiten
 from textrl.models import load_causal_lm, tiny_llama
 from textrl.reward_model import RewardModelConfig, load_reward_model, train_reward_model
+from textrl.rlhf_ppo import train_rlhf_ppo
+from textrl.sampling import SamplingConfig
 from textrl.sft import SFTConfig, checkpoints, train_sft
 from textrl.tokenization import build_char_tokenizer
 from textrl.world.preferences import PreferencePair, write_preferences
 
 WORLD_SIZE = 2
+LAUNCH_TIMEOUT_S = 120.0
+"""Longer than any job here takes; a rank blocked in a collective its peer never joins
+(a hang) fails the test instead of waiting for gloo's 30-minute timeout."""
 
 
 def free_port() -> int:
@@ -70,9 +80,16 @@ def _worker(rank: int, port: int, job: Callable[[], object], output: Path) -> No
 
 
 def launch(job: Callable[[], object], output: Path) -> list[object]:
-    """Run ``job`` on ``WORLD_SIZE`` ranks; each rank's return value, in rank order."""
+    """Run ``job`` on ``WORLD_SIZE`` ranks; each rank's return value, in rank order. Ranks
+    still running after ``LAUNCH_TIMEOUT_S`` are killed and the test fails."""
     output.mkdir(parents=True, exist_ok=True)
-    mp.spawn(_worker, args=(free_port(), job, output), nprocs=WORLD_SIZE, join=True)
+    ranks = mp.spawn(_worker, args=(free_port(), job, output), nprocs=WORLD_SIZE, join=False)
+    deadline = time.monotonic() + LAUNCH_TIMEOUT_S
+    while not ranks.join(timeout=max(deadline - time.monotonic(), 0.0)):
+        if time.monotonic() >= deadline:
+            for process in ranks.processes:
+                process.kill()
+            pytest.fail(f"the ranks still ran after {LAUNCH_TIMEOUT_S:.0f} s: a collective hung")
     return [pickle.loads((output / f"rank{r}.pkl").read_bytes()) for r in range(WORLD_SIZE)]
 
 
@@ -190,13 +207,19 @@ def test_reward_model_on_two_ranks_takes_the_steps_of_one_process_at_twice_the_b
 
 
 class RolloutRecordingPPO(PPO):
-    """PPO that keeps the rollout its update preprocessed, for the test to inspect."""
+    """PPO that keeps the rollout its update preprocessed and the reference log-probs it
+    shaped the rewards with (the env's, or the policy's reference's), for the test."""
 
     rollout: PPORollout
+    reference_log_probs: torch.Tensor
 
     def _preprocess_batch(self, batch, buffer, indices) -> PPORollout:
         self.rollout = super()._preprocess_batch(batch, buffer, indices)
         return self.rollout
+
+    def _reference_log_probs(self, segments):
+        self.reference_log_probs = super()._reference_log_probs(segments)
+        return self.reference_log_probs
 
 
 def new_controller() -> AdaptiveKLController:
@@ -221,13 +244,22 @@ def ppo_on_rank() -> dict[str, object]:
     with policy_within_training_step(policy):
         collector.collect(n_episode=4)
         stats = algorithm.update(collector.buffer, batch_size=2 * 6, repeat=2)
+    return {
+        **reduced_statistics(algorithm, stats),
+        "parameters": torch.cat([p.detach().flatten() for p in policy.parameters()]),
+    }
+
+
+def reduced_statistics(algorithm: RolloutRecordingPPO, stats) -> dict[str, object]:
+    """What the parent compares with the full batch: the rollout, its globally whitened
+    rewards and advantages, the sequence KL and the controller's step."""
     rollout = algorithm.rollout
     mask = rollout.segments.mask
     return {
         "mask": mask,
         "rewards": rollout.segments.rewards,
         "log_probs": rollout.old_log_probs,
-        "reference_log_probs": rollout.segments.reference_log_probs,
+        "reference_log_probs": algorithm.reference_log_probs,
         "advantages": rollout.advantages,
         "sequence_kl": stats.sequence_kl,
         "kl_coef_after": algorithm.adaptive_kl.value,
@@ -238,7 +270,6 @@ def ppo_on_rank() -> dict[str, object]:
         "whitened_advantages": masked_whiten(
             rollout.advantages, mask, reduce_sum=distributed.all_reduce_sum
         ),
-        "parameters": torch.cat([p.detach().flatten() for p in policy.parameters()]),
     }
 
 
@@ -252,6 +283,11 @@ def full_batch(results: list[dict[str, object]], key: str) -> torch.Tensor:
 
 def test_ppo_on_two_ranks_reduces_its_statistics_over_the_full_batch(tmp_path):
     results = launch(ppo_on_rank, tmp_path / "results")
+    assert_reduced_over_the_full_batch(results)
+    torch.testing.assert_close(results[0]["parameters"], results[1]["parameters"])
+
+
+def assert_reduced_over_the_full_batch(results: list[dict[str, object]]) -> None:
     assert not torch.equal(results[0]["log_probs"], results[1]["log_probs"]), (
         "the ranks sampled the same responses; their seeds do not differ"
     )
@@ -270,7 +306,152 @@ def test_ppo_on_two_ranks_reduces_its_statistics_over_the_full_batch(tmp_path):
         expected = masked_whiten(full_batch(results, source), mask, **options)
         torch.testing.assert_close(full_batch(results, key), expected, rtol=1e-5, atol=1e-6)
     assert results[0]["gradient_steps"] == results[1]["gradient_steps"] > 0
-    torch.testing.assert_close(results[0]["parameters"], results[1]["parameters"])
+
+
+def full_parameters(module: torch.nn.Module) -> torch.Tensor:
+    """All of ``module``'s parameters, flat; FSDP's shards gathered (every rank calls it)."""
+    return torch.cat(
+        [
+            (p.full_tensor() if isinstance(p, DTensor) else p).detach().flatten()
+            for p in module.parameters()
+        ]
+    )
+
+
+def fsdp_ppo_on_rank() -> dict[str, object]:
+    """``ppo_on_rank`` with the policy LM and its reference (scored by the policy, as in
+    ``textrl ppo --fsdp``) sharded by FSDP and collected in lockstep, and beside it an
+    unsharded twin that takes the update of DDP-style PPO on the same rollout."""
+    distributed.setup("cpu")
+    env, _ = text_env_and_policy(num_envs=4, max_new_tokens=6, reference_seed=None)
+    algorithms = {}
+    for sharded in (True, False):
+        model, reference = tiny_model(), tiny_model(seed=1)
+        if sharded:
+            distributed.shard_per_layer(model)
+            distributed.shard_per_layer(reference)
+        policy = LMActorCriticPolicy(
+            model=model,
+            observation_space=env.single_observation_space,
+            action_space=env.single_action_space,
+            max_prompt_tokens=8,
+            reference_model=reference,
+        )
+        algorithms[sharded] = RolloutRecordingPPO(
+            policy=policy,
+            optim=AdamOptimizerFactory(lr=1e-3),
+            gamma=1.0,
+            adaptive_kl=new_controller(),
+            whiten_rewards=True,
+            max_grad_norm=0.1,  # clips: the global norm spans shards and the value head
+            reduce_sum=distributed.all_reduce_sum,
+        )
+    torch.manual_seed(distributed.rank_seed(0))
+    collector = TextCollector(algorithms[True], env, seed=distributed.rank(), synced=True)
+    with policy_within_training_step(algorithms[True].policy):
+        collector.collect(n_episode=4)
+    statistics = {}
+    for sharded, algorithm in algorithms.items():
+        torch.manual_seed(1)  # the same minibatch order
+        with policy_within_training_step(algorithm.policy):
+            statistics[sharded] = algorithm.update(collector.buffer, batch_size=2 * 6, repeat=2)
+    return {
+        **reduced_statistics(algorithms[True], statistics[True]),
+        "parameters": full_parameters(algorithms[True].policy),
+        "unsharded_parameters": full_parameters(algorithms[False].policy),
+    }
+
+
+def test_fsdp_ppo_on_two_ranks_reduces_its_statistics_and_steps_as_ddp_does(tmp_path):
+    results = launch(fsdp_ppo_on_rank, tmp_path / "results")
+    assert_reduced_over_the_full_batch(results)
+    for result in results:
+        torch.testing.assert_close(
+            result["parameters"], result["unsharded_parameters"], rtol=1e-4, atol=1e-6
+        )
+    assert not torch.equal(results[0]["parameters"], full_parameters(text_env_and_policy()[1]))
+
+
+def synced_decoding_on_rank() -> dict[str, object]:
+    """Each rank decodes its own prompts with an FSDP-sharded tiny model in lockstep, and
+    again alone with an unsharded copy: the sequences the parent compares. Rank 0 samples
+    3 new tokens per episode and rank 1 8, so rank 0's rows end first and it idles."""
+    distributed.setup("cpu")
+    rank = distributed.rank()
+    prompts, limit = [(PROMPTS[:2], 3), (PROMPTS[2:], 8)][rank]
+    sampling = SamplingConfig(temperature=2.0)  # near uniform: EOS comes early for some rows
+    sharded, alone = distributed.shard_per_layer(tiny_model()), tiny_model()
+    forwards = []
+    alone.register_forward_hook(lambda *_: forwards.append(1))
+    result: dict[str, object] = {}
+    for name, model, synced in [("synced", sharded, True), ("alone", alone, False)]:
+        torch.manual_seed(SAMPLING_SEEDS[rank])
+        result[f"{name}_responses"] = generate_responses(
+            model, TOKENIZER, prompts, sampling, max_new_tokens=8, synced=synced
+        )
+        result["forwards_alone"] = len(forwards)
+        env = TextGenerationVectorEnv(
+            4,
+            tokenizer=TOKENIZER,
+            prompts=prompts,
+            reward_fn=length_reward,
+            max_new_tokens=limit,
+            max_prompt_tokens=8,
+        )
+        policy = LMActorCriticPolicy(
+            model=model,
+            observation_space=env.single_observation_space,
+            action_space=env.single_action_space,
+            max_prompt_tokens=8,
+            sampling=sampling,
+        )
+        collector = TextCollector(policy, env, seed=rank, synced=synced)
+        torch.manual_seed(SAMPLING_SEEDS[rank])
+        with policy_within_training_step(policy):
+            collector.collect(n_episode=8)  # two rounds
+        episodes = collector.buffer.token_segments("cpu")
+        result[f"{name}_episodes"] = (episodes.response_ids, episodes.mask, episodes.rewards)
+    return result
+
+
+SAMPLING_SEEDS = (9, 0)
+"""Seeds under which, alone, rank 0's responses end a few steps before rank 1's."""
+
+
+def test_lockstep_decoding_with_a_sharded_model_gives_each_rank_its_unsynced_sequences(
+    tmp_path,
+):
+    results = launch(synced_decoding_on_rank, tmp_path / "results")
+    forwards = [result["forwards_alone"] for result in results]
+    assert forwards[0] < forwards[1], f"alone, the ranks would not stop apart: {forwards} forwards"
+    for result in results:
+        assert result["synced_responses"] == result["alone_responses"]
+        for synced, alone in zip(result["synced_episodes"], result["alone_episodes"], strict=True):
+            torch.testing.assert_close(synced, alone)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainPPO:
+    """A picklable job: ``train_rlhf_ppo(config)`` with the test reward; its checkpoint."""
+
+    config: object
+
+    def __call__(self) -> Path:
+        return train_rlhf_ppo(self.config, reward=a_count_reward).checkpoint
+
+
+def test_fsdp_rlhf_ppo_on_two_ranks_writes_the_checkpoint_of_ddp(base_model, tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    written = {}
+    for fsdp in (False, True):
+        config = tiny_config(
+            base_model, prompts, tmp_path / f"fsdp{fsdp}", iterations=2, batch_size=8, fsdp=fsdp
+        )
+        checkpoint, _ = launch(TrainPPO(config), tmp_path / f"results{fsdp}")
+        written[fsdp] = checkpoint / "model.safetensors"
+        load_causal_lm(checkpoint)  # a plain checkpoint: it loads whole in one process
+    assert_same_weights(written[False], written[True])
 
 
 def test_micro_batches_are_as_many_on_every_rank(monkeypatch):
@@ -299,48 +480,70 @@ SAMPLES_PER_PROMPT = 2
 MIN_RETURN = 2.0
 
 
-def rejection_sampling_on_rank() -> dict[str, object]:
-    """Rank 0 samples 6 prompts (of 3 distinct ones), rank 1 two (of 1): kept sets of
-    different sizes; one round of best-of-2 and fine-tuning with reduced statistics."""
+def new_rejection_sampling(env, model: torch.nn.Module) -> RecordingRejectionSampling:
+    policy = LMActorCriticPolicy(
+        model=model,
+        observation_space=env.single_observation_space,
+        action_space=env.single_action_space,
+        max_prompt_tokens=8,
+    )
+    return RecordingRejectionSampling(
+        policy=policy,
+        optim=TorchOptimizerFactory(torch.optim.SGD, lr=0.1),  # a wrong gradient scale shows
+        samples_per_start=SAMPLES_PER_PROMPT,
+        min_return=MIN_RETURN,
+        max_grad_norm=100.0,  # measures a norm over shards and the value head, does not clip
+        reduce_sum=distributed.all_reduce_sum,
+    )
+
+
+def rejection_sampling_on_rank(fsdp: bool) -> dict[str, object]:
+    """Rank 0 samples 6 prompts (of 3 distinct ones), rank 1 six (of 1): as many episodes,
+    as lockstep collection needs, and kept sets of different sizes, so rank 1's second
+    minibatch is empty; one round of best-of-2 and fine-tuning with reduced statistics. With
+    ``fsdp`` the policy LM is sharded and collects in lockstep, and an unsharded twin takes
+    the update of the algorithm without FSDP on the same episodes. A third learner takes one
+    step on all kept rows, which one process can repeat on the union of the kept sets."""
     distributed.setup("cpu")
-    prompts, episodes = (PROMPTS[:3], 12) if distributed.rank() == 0 else (PROMPTS[3:], 4)
     env = TextGenerationVectorEnv(
         4,
         tokenizer=TOKENIZER,
-        prompts=prompts,
+        prompts=PROMPTS[:3] if distributed.rank() == 0 else PROMPTS[3:],
         reward_fn=length_reward,
         max_new_tokens=6,
         max_prompt_tokens=8,
         samples_per_prompt=SAMPLES_PER_PROMPT,
     )
     torch.manual_seed(distributed.rank_seed(0))
-    policy = LMActorCriticPolicy(
-        model=tiny_model(),
-        observation_space=env.single_observation_space,
-        action_space=env.single_action_space,
-        max_prompt_tokens=8,
-    )
-    algorithm = RecordingRejectionSampling(
-        policy=policy,
-        optim=AdamOptimizerFactory(lr=1e-3),
-        samples_per_start=SAMPLES_PER_PROMPT,
-        min_return=MIN_RETURN,
-        reduce_sum=distributed.all_reduce_sum,
-    )
-    collector = TextCollector(algorithm, env, seed=distributed.rank())
-    with policy_within_training_step(policy):
-        collector.collect(n_episode=episodes)
-        stats = algorithm.update(collector.buffer, batch_size=6, repeat=2)
+
+    def learner_model() -> torch.nn.Module:
+        return distributed.shard_per_layer(tiny_model()) if fsdp else tiny_model()
+
+    algorithm = new_rejection_sampling(env, learner_model())
+    collector = TextCollector(algorithm, env, seed=distributed.rank(), synced=fsdp)
+    with policy_within_training_step(algorithm.policy):
+        collector.collect(n_episode=12)
+    result: dict[str, object] = {}
+    for name, learner, batch_size, repeat in [
+        ("", algorithm, 6, 2),
+        ("unsharded_", new_rejection_sampling(env, tiny_model()), 6, 2),
+        ("full_batch_", new_rejection_sampling(env, learner_model()), None, 1),
+    ]:
+        torch.manual_seed(1)  # the same minibatch order
+        with policy_within_training_step(learner.policy):
+            result[f"{name}stats"] = learner.update(collector.buffer, batch_size, repeat)
+        result[f"{name}parameters"] = full_parameters(learner.policy.model)
     return {
+        **result,
         "returns": algorithm.returns.reshape(-1, SAMPLES_PER_PROMPT),
         "kept_returns": [k.episode_return for k in algorithm.kept_episodes],
-        "stats": stats,
-        "parameters": torch.cat([p.detach().flatten() for p in policy.model.parameters()]),
+        "kept_rows": [k.episode for k in algorithm.kept_episodes],
     }
 
 
-def test_rejection_sampling_on_two_ranks_reduces_its_statistics_over_the_union(tmp_path):
-    results = launch(rejection_sampling_on_rank, tmp_path / "results")
+@pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp"])
+def test_rejection_sampling_on_two_ranks_reduces_its_statistics_over_the_union(fsdp, tmp_path):
+    results = launch(functools.partial(rejection_sampling_on_rank, fsdp), tmp_path / "results")
     kept_sizes = [len(r["kept_returns"]) for r in results]
     assert kept_sizes[0] != kept_sizes[1] and min(kept_sizes) > 0, kept_sizes
     returns = torch.cat([r["returns"] for r in results])  # (groups of both ranks, K)
@@ -355,6 +558,19 @@ def test_rejection_sampling_on_two_ranks_reduces_its_statistics_over_the_union(t
     assert results[0]["stats"].gradient_steps == results[1]["stats"].gradient_steps > 0
     assert results[0]["stats"].loss == results[1]["stats"].loss
     torch.testing.assert_close(results[0]["parameters"], results[1]["parameters"])
+    alone = new_rejection_sampling(text_env_and_policy()[0], tiny_model())
+    alone._fine_tuning_step(concatenate_rows([row for r in results for row in r["kept_rows"]]), 1.0)
+    for result in results:  # sharded or not, the update of the unsharded algorithm
+        assert result["stats"].loss == pytest.approx(result["unsharded_stats"].loss, rel=1e-5)
+        torch.testing.assert_close(
+            result["parameters"], result["unsharded_parameters"], rtol=1e-4, atol=1e-6
+        )
+        torch.testing.assert_close(
+            result["full_batch_parameters"],
+            full_parameters(alone.policy.model),
+            rtol=1e-4,
+            atol=1e-6,
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -370,7 +586,10 @@ class RunCommand:
         return code, printed.getvalue()
 
 
-def test_textrl_rs_runs_a_round_on_two_ranks_and_writes_the_union_of_their_kept_sets(tmp_path):
+@pytest.mark.parametrize("options", [[], ["--fsdp"]], ids=["ddp", "fsdp"])
+def test_textrl_rs_runs_a_round_on_two_ranks_and_writes_the_union_of_their_kept_sets(
+    options, tmp_path
+):
     tokenizer = build_char_tokenizer()
     policy = tmp_path / "policy"
     tiny_llama(tokenizer, hidden_size=32, num_layers=2, num_heads=2).save_pretrained(policy)
@@ -386,6 +605,7 @@ def test_textrl_rs_runs_a_round_on_two_ranks_and_writes_the_union_of_their_kept_
     )
     argv = ["rs", "--policy", str(policy), "--out", str(tmp_path / "rs"), "--config", str(config)]
     argv += ["--helpfulness-rm", str(tmp_path / "rm"), "--safety-rm", str(tmp_path / "rm")]
+    argv += options
     (code, printed), (other_code, other_printed) = launch(RunCommand(argv), tmp_path / "results")
     assert code == other_code == 0 and other_printed == ""  # rank 0 alone reports
     result = json.loads(printed.splitlines()[-1])
@@ -394,7 +614,7 @@ def test_textrl_rs_runs_a_round_on_two_ranks_and_writes_the_union_of_their_kept_
     assert result["kept_mean_reward"] == pytest.approx(
         sum(k.episode_return for k in kept) / len(kept)
     )
-    load_causal_lm(result["checkpoint"])
+    load_causal_lm(result["checkpoint"])  # whole, in one process (gathered from shards)
 
 
 def cartpole_runs(tmp_path: Path, modes: tuple[str, ...]) -> dict[str, dict[str, object]]:

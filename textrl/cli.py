@@ -231,6 +231,7 @@ def _ppo(args: argparse.Namespace) -> None:
         prompts=args.prompts,
         kl_estimator=args.kl_estimator,
         whiten_rewards=args.whiten_rewards,
+        fsdp=args.fsdp,
         seed=args.seed,
         device=args.device,
         **{name: value for name, value in overrides.items() if value is not None},
@@ -257,7 +258,7 @@ def _rejection_sampling(args: argparse.Namespace) -> None:
     reward = stages.combined_reward(config, reward_models, args.policy)
     args.out.mkdir(parents=True, exist_ok=True)
     result = stages.rejection_sampling_stage(
-        config, args.round, args.policy, reward, args.kept, args.out
+        config, args.round, args.policy, reward, args.kept, args.out, fsdp=args.fsdp
     )
     print(json.dumps(result))
 
@@ -372,6 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
         ppo.add_argument("--" + name.replace("_", "-"), type=kind, help="overrides the preset")
     ppo.add_argument("--kl-estimator", choices=["k1", "k3"], default="k1")
     ppo.add_argument("--whiten-rewards", action="store_true")
+    ppo.add_argument("--fsdp", action="store_true", help=FSDP_HELP)
     ppo.add_argument("--seed", type=int, default=0)
     ppo.add_argument("--device", default="cpu")
     ppo.set_defaults(run=_ppo)
@@ -388,6 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     rs.add_argument("--round", type=int, default=1, help="round number (seeds, checkpoint name)")
     rs.add_argument("--kept", type=Path, help="an earlier round's kept_episodes.pt to build on")
     rs.add_argument("--device", help="overrides the config's device")
+    rs.add_argument("--fsdp", action="store_true", help=FSDP_HELP)
     rs.set_defaults(run=_rejection_sampling)
     pipeline = commands.add_parser(
         "pipeline", help="the whole Llama 2 recipe: SFT, RMs, rounds of RS and PPO, report"

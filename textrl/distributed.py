@@ -35,6 +35,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 from torch.distributed.fsdp import FSDPModule, fully_shard
+from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
 from textrl.masked import ReduceSum
@@ -124,6 +125,16 @@ def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     """Mean of ``tensor`` over ranks. Right only where every rank holds an equal share;
     a statistic over uneven shards reduces its sums and counts with ``all_reduce_sum``."""
     return all_reduce_sum(tensor) / world_size()
+
+
+def any_rank(flag: torch.Tensor) -> bool:
+    """Whether the 0-d bool ``flag`` holds on any rank (one all-reduce; every rank calls it).
+
+    Decoding with an FSDP-sharded model steps while this is true of "some row still runs",
+    as ``generate(synced_gpus=True)`` does: each forward all-gathers weights with every
+    rank, so a rank whose rows have all ended keeps stepping until every rank's have.
+    """
+    return bool(all_reduce_sum(flag.long()) > 0)
 
 
 def all_gather_object(value: T) -> list[T]:
@@ -281,6 +292,32 @@ def load_optimizer_state(
     set_optimizer_state_dict(
         unwrap(model), optimizer, state, options=StateDictOptions(full_state_dict=True)
     )
+
+
+def replicated(parameters: Iterable[torch.nn.Parameter]) -> list[torch.nn.Parameter]:
+    """The ``parameters`` FSDP does not shard (plain tensors, e.g. a value head beside the
+    sharded LM): their gradients are this rank's alone, while FSDP has already averaged a
+    sharded parameter's (a ``DTensor``'s) over ranks in backward's reduce-scatter."""
+    return [p for p in parameters if not isinstance(p, DTensor)]
+
+
+def clip_grad_norm_(parameters: Iterable[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
+    """``torch.nn.utils.clip_grad_norm_`` for parameters of which FSDP shards some and not
+    others (torch's refuses a mix of ``DTensor`` and plain gradients): the global norm over
+    both kinds (a sharded norm spans all ranks) scales all gradients; returns that norm."""
+    with_gradients = [p for p in parameters if p.grad is not None]
+    plain = replicated(with_gradients)
+    if len(plain) == len(with_gradients):
+        return torch.nn.utils.clip_grad_norm_(with_gradients, max_norm)
+    sharded = [p.grad for p in with_gradients if isinstance(p, DTensor)]
+    norms = [torch.nn.utils.get_total_norm(sharded).full_tensor()]
+    if plain:
+        norms.append(torch.nn.utils.get_total_norm([p.grad for p in plain]).to(norms[0]))
+    total = torch.linalg.vector_norm(torch.stack(norms))
+    coefficient = min(1.0, max_norm / (total.item() + 1e-6))  # torch's clip coefficient
+    for parameter in with_gradients:
+        parameter.grad.mul_(coefficient)
+    return total
 
 
 def sum_gradients(

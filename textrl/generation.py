@@ -4,6 +4,8 @@ The same decoding path as the RL policy (``IncrementalDecoder`` +
 ``sample_next_tokens``), minus the environment: used where only the text is
 needed, such as sampling preference pairs or scoring a checkpoint with the gold
 judges. Prompts are sorted by length so each batch carries little padding.
+With ``synced`` (an FSDP-sharded model) every rank steps until all ranks' rows have
+ended, as Hugging Face's ``generate(synced_gpus=True)``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import torch
 from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from textrl import distributed
 from textrl.chat import format_prompt
 from textrl.decoding import IncrementalDecoder
 from textrl.sampling import SamplingConfig, sample_next_tokens
@@ -29,8 +32,14 @@ def generate_responses(
     batch_size: int = 64,
     use_chat_template: bool = True,
     progress: bool = False,
+    synced: bool = False,
 ) -> list[str]:
-    """One sampled response per prompt (special tokens stripped), in the prompts' order."""
+    """One sampled response per prompt (special tokens stripped), in the prompts' order.
+
+    ``synced``: ``model`` is sharded by FSDP, so each forward is a collective; every rank
+    passes as many prompts, and a rank whose rows have all ended feeds padding (its
+    responses unchanged) until every rank's have.
+    """
     device = next(model.parameters()).device
     texts = [format_prompt(tokenizer, prompt, use_chat_template) for prompt in prompts]
     encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
@@ -54,7 +63,7 @@ def generate_responses(
             tokens = torch.where(running, tokens, torch.full_like(tokens, tokenizer.pad_token_id))
             generated.append(tokens)
             running = running & (tokens != eos)
-            if not running.any():
+            if not (distributed.any_rank(running.any()) if synced else running.any()):
                 break
             logits = decoder.advance(tokens, running)
         columns = torch.stack(generated, dim=1).cpu()  # (batch, steps)

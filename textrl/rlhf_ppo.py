@@ -13,6 +13,13 @@ Checkpoints (``checkpoint-NNNNNN``, atomic) hold the policy in Hugging Face
 format (merged when LoRA is used, so ``from_pretrained`` loads it), the value
 head, the optimizer, the KL controller and the metric history; a resumed run
 reseeds each iteration from (seed, iteration) and so replays the same run.
+
+Under ``torchrun`` with ``fsdp`` the policy LM and its frozen reference copy are sharded
+by FSDP2 (``textrl.distributed.shard_per_layer``). Their forwards are then collectives, so
+every rank runs as many: rollouts and greedy samples decode in lockstep across ranks
+(a finished rank feeds padding until all are done), scoring is one forward per rollout on
+every rank, the update's minibatch count is fixed by the equal per-rank batch, and every
+rank joins the gold evaluation that rank 0 records.
 """
 
 from __future__ import annotations
@@ -127,6 +134,9 @@ class RLHFConfig:
     """Iterations between gold evaluations on the validation split (world prompts only)."""
     save_every: int = 5
     """Iterations between checkpoints (the last one is always saved)."""
+    fsdp: bool = False
+    """Under torchrun, shard the policy and the reference over ranks (FSDP2) instead of
+    copying them; full fine-tuning only (lora_rank 0)."""
     seed: int = 0
     device: str = "cpu"
 
@@ -284,9 +294,16 @@ class _Run:
     prompt_set: PromptSet
     writer: SummaryWriter | None
     """Rank 0's TensorBoard writer (None on the other ranks of a ``torchrun`` job)."""
+    sharded: bool
+    """The policy and reference are FSDP-sharded over several ranks (decode in lockstep)."""
 
 
 def _build_run(config: RLHFConfig, previous: Path | None, reward_fn: RewardFunction | None) -> _Run:
+    if config.fsdp and config.lora_rank > 0:
+        raise ValueError(
+            "fsdp shards the full policy and a frozen reference copy; with LoRA (lora_rank > 0) "
+            "train without --fsdp (each rank holds the base model) or with lora_rank 0"
+        )
     torch.manual_seed(config.seed)
     model, tokenizer = load_causal_lm(config.policy, device=config.device)
     disable_dropout(model)
@@ -306,6 +323,10 @@ def _build_run(config: RLHFConfig, previous: Path | None, reward_fn: RewardFunct
         if previous is not None:
             model, _ = load_causal_lm(str(previous), device=config.device)
             disable_dropout(model)
+    sharded = config.fsdp and distributed.world_size() > 1
+    if sharded:  # in place, before PPO builds its optimizer over the policy's parameters
+        distributed.shard_per_layer(model)
+        distributed.shard_per_layer(reference)
     env = TextGenerationVectorEnv(
         config.batch_size,
         tokenizer=tokenizer,
@@ -328,14 +349,24 @@ def _build_run(config: RLHFConfig, previous: Path | None, reward_fn: RewardFunct
     algorithm = build_ppo(
         config, policy, distributed.all_reduce_sum if distributed.world_size() > 1 else None
     )
-    collector = TextCollector(algorithm, env)
+    collector = TextCollector(algorithm, env, synced=sharded)
     writer = (
         SummaryWriter(str(config.output_dir / "tensorboard"))
         if distributed.is_main_process()
         else None
     )
     return _Run(
-        config, model, tokenizer, policy, algorithm, env, collector, reward, prompt_set, writer
+        config,
+        model,
+        tokenizer,
+        policy,
+        algorithm,
+        env,
+        collector,
+        reward,
+        prompt_set,
+        writer,
+        sharded,
     )
 
 
@@ -368,19 +399,22 @@ def _samples(run: _Run, count: int = 8) -> list[dict[str, str]]:
     tasks = run.prompt_set.evaluation_tasks
     prompts = [t.prompt for t in tasks[:count]] if tasks else run.prompt_set.prompts[:count]
     responses = generate_responses(
-        run.model, run.tokenizer, prompts, GREEDY, run.config.max_new_tokens
+        run.model, run.tokenizer, prompts, GREEDY, run.config.max_new_tokens, synced=run.sharded
     )
     return [{"prompt": p, "response": r} for p, r in zip(prompts, responses, strict=True)]
 
 
 def _gold_evaluation(run: _Run) -> dict[str, float]:
-    """Gold helpfulness/safety and proxy reward of greedy responses on the validation split."""
+    """Gold helpfulness/safety and proxy reward of greedy responses on the validation split.
+
+    Rank 0 records it; a sharded policy needs every rank to run it too, the others only
+    wait at the next collective."""
     tasks = run.prompt_set.evaluation_tasks
     if not tasks:
         return {}
     prompts = [t.prompt for t in tasks]
     responses = generate_responses(
-        run.model, run.tokenizer, prompts, GREEDY, run.config.max_new_tokens
+        run.model, run.tokenizer, prompts, GREEDY, run.config.max_new_tokens, synced=run.sharded
     )
     gold = evaluate_responses(tasks, responses)
     proxy = run.reward.reward(prompts, responses)
@@ -393,11 +427,13 @@ def _gold_evaluation(run: _Run) -> dict[str, float]:
 
 
 def _save(run: _Run, iteration: int, state: dict[str, object]) -> Path:
-    """Rank 0 writes ``checkpoint-<iteration>``; every rank returns its path once it exists."""
+    """Rank 0 writes ``checkpoint-<iteration>``; every rank returns its path once it exists.
+    Sharded weights are gathered to rank 0 first (a collective: every rank calls this)."""
     target = run.config.output_dir / f"{CHECKPOINT_PREFIX}{iteration:06d}"
+    weights = distributed.full_state_dict(run.model) if run.sharded else None
     if distributed.is_main_process():
         model = _merged_copy(run.model)
-        save_checkpoint(run.config.output_dir, iteration, model, run.tokenizer, state)
+        save_checkpoint(run.config.output_dir, iteration, model, run.tokenizer, state, weights)
         if model is not run.model:  # LoRA: the adapter too, to resume with the base as reference
             run.model.save_pretrained(target / ADAPTER_DIRECTORY)
     distributed.barrier()
@@ -414,7 +450,7 @@ def train_rlhf_ppo(
     ``reward`` replaces the reward models with any ``reward(prompts, responses)`` callable.
     Under ``torchrun`` every rank collects its own ``batch_size`` episodes; whitening, the
     KL controller and the gradients are reduced over all ranks (``agents.PPO``'s
-    ``reduce_sum``), and rank 0 alone evaluates, logs and writes checkpoints.
+    ``reduce_sum``), and rank 0 alone records evaluations, logs and writes checkpoints.
     """
     context = distributed.setup(config.device)
     config = dataclasses.replace(config, device=str(context.device))
@@ -425,14 +461,16 @@ def train_rlhf_ppo(
     if previous:
         state = torch.load(previous[-1] / STATE_FILE, weights_only=False)
         run.policy.value_head.load_state_dict(state["value_head"])
-        run.algorithm.optim.load_state_dict(state["optimizer"])
+        distributed.load_optimizer_state(
+            run.policy, run.algorithm.torch_optimizer, state["optimizer"]
+        )
         if run.algorithm.adaptive_kl is not None:
             run.algorithm.adaptive_kl.value = state["kl_coef"]
         start, history, samples_before = state["iteration"], state["history"], state["samples"]
         logger.info("resuming from %s (iteration %d)", previous[-1], start)
     else:
         samples_before = _samples(run)
-        evaluation = _gold_evaluation(run) if context.is_main_process else {}
+        evaluation = _gold_evaluation(run) if context.is_main_process or run.sharded else {}
         history.append({"iteration": 0, "objective/kl": 0.0, **evaluation})
     checkpoint = previous[-1] if previous else None
     progress = tqdm(
@@ -469,7 +507,8 @@ def train_rlhf_ppo(
             "speed/update_tokens_per_s": float(lengths.sum()) * config.epochs / update_seconds,
         }
         last = iteration + 1 == config.iterations
-        if context.is_main_process and (last or (iteration + 1) % config.eval_every == 0):
+        evaluates = context.is_main_process or run.sharded
+        if evaluates and (last or (iteration + 1) % config.eval_every == 0):
             metrics.update(_gold_evaluation(run))
         history.append(metrics)
         if run.writer is not None:
@@ -486,7 +525,9 @@ def train_rlhf_ppo(
                 {
                     "iteration": iteration + 1,
                     "value_head": run.policy.value_head.state_dict(),
-                    "optimizer": run.algorithm.optim.state_dict(),
+                    "optimizer": distributed.full_optimizer_state(  # sharded: a collective
+                        run.policy, run.algorithm.torch_optimizer
+                    ),
                     "kl_coef": run.algorithm.adaptive_kl.value
                     if run.algorithm.adaptive_kl is not None
                     else config.kl_coef,

@@ -260,8 +260,11 @@ def sample_and_score(
     temperature: float,
     reward: RewardFunction,
     max_new_tokens: int,
+    synced: bool = False,
 ) -> tuple[list[list[str]], np.ndarray]:
-    """``samples`` responses per prompt and their rewards ``(prompts, samples)``."""
+    """``samples`` responses per prompt and their rewards ``(prompts, samples)``; ``synced``
+    for a model sharded by FSDP (every rank passes as many prompts, see ``generate_responses``).
+    """
     repeated = [p for p in prompts for _ in range(samples)]
     responses = generate_responses(
         model,
@@ -271,6 +274,7 @@ def sample_and_score(
         max_new_tokens,
         batch_size=256,
         progress=True,
+        synced=synced,
     )
     rewards = np.asarray(reward(repeated, responses)).reshape(len(prompts), samples)
     return [responses[i * samples : (i + 1) * samples] for i in range(len(prompts))], rewards
@@ -282,9 +286,11 @@ def tuned_temperature(
     tokenizer: PreTrainedTokenizerBase,
     reward: RewardFunction,
     seed: int,
+    synced: bool = False,
 ) -> tuple[float, dict[float, float]]:
     """The candidate temperature whose best of K samples has the highest mean reward on a
-    seeded sample of training prompts, and each candidate's score."""
+    seeded sample of training prompts, and each candidate's score. Every rank draws the same
+    prompts, so a model sharded by FSDP decodes them ``synced`` on equal counts."""
     settings = config.rejection_sampling
     train = split_tasks("rlhf", config.seed)
     rng = np.random.default_rng(seed)
@@ -300,6 +306,7 @@ def tuned_temperature(
             temperature,
             reward,
             config.evaluation.max_new_tokens,
+            synced,
         )
         scores[temperature] = float(rewards.max(1).mean())
     return max(scores, key=scores.get), scores
@@ -312,6 +319,7 @@ def rejection_sampling_stage(
     reward: CombinedReward,
     earlier_kept: Path | None,
     directory: Path,
+    fsdp: bool = False,
 ) -> dict[str, object]:
     """Best of K samples per prompt by the combined reward, kept across rounds, then
     fine-tuning the latest model on the kept responses (prompt-masked likelihood).
@@ -319,7 +327,8 @@ def rejection_sampling_stage(
     Under torchrun each rank samples ``prompts_per_round / world_size`` prompts from its own
     shard of the prompts (so a prompt's kept episode lives on one rank in every round), the
     algorithm reduces its tallies and gradients over ranks, and rank 0 writes the union of
-    the kept sets and the checkpoint.
+    the kept sets and the checkpoint. With ``fsdp`` the policy is sharded per decoder layer
+    (``distributed.shard_per_layer``) and every rank decodes in lockstep.
     """
     settings = config.rejection_sampling
     seed = config.seed * 1000 + round_index
@@ -327,6 +336,9 @@ def rejection_sampling_stage(
     torch.manual_seed(seed)
     model, tokenizer = load_causal_lm(policy_checkpoint, device=config.device)
     disable_dropout(model)
+    sharded = fsdp and context.enabled
+    if sharded:  # in place, before the algorithm builds its optimizer over the parameters
+        distributed.shard_per_layer(model)
     prompts = [t.prompt for t in split_tasks("rlhf", config.seed)][
         context.rank :: context.world_size
     ]
@@ -342,7 +354,9 @@ def rejection_sampling_stage(
         samples_per_prompt=k,
         device=config.device,
     )
-    temperature, temperature_scores = tuned_temperature(config, model, tokenizer, reward, seed)
+    temperature, temperature_scores = tuned_temperature(
+        config, model, tokenizer, reward, seed, sharded
+    )
     torch.manual_seed(distributed.rank_seed(seed))  # each rank samples its own responses
     policy = LMActorCriticPolicy(
         model=model,
@@ -375,7 +389,9 @@ def rejection_sampling_stage(
         max_new_tokens=config.evaluation.max_new_tokens,
         pad_token_id=tokenizer.pad_token_id,
     )
-    collector = TextCollector(algorithm, env, buffer=buffer, seed=distributed.rank_seed(seed))
+    collector = TextCollector(
+        algorithm, env, buffer=buffer, seed=distributed.rank_seed(seed), synced=sharded
+    )
     with policy_within_training_step(policy):
         collector.collect(n_episode=batches * prompts_per_batch * k)
         stats = algorithm.update(
@@ -385,10 +401,12 @@ def rejection_sampling_stage(
         )
     kept = [e for part in distributed.all_gather_object(algorithm.kept_episodes) for e in part]
     checkpoint = checkpoint_path(directory, round_index)
+    weights = distributed.full_state_dict(model) if sharded else None  # every rank gathers
     if context.is_main_process:
         save_atomically(kept, directory / KEPT_FILE)
         _write_kept_text(kept, tokenizer, directory / "kept.jsonl")
-        save_checkpoint(directory, round_index, model, tokenizer, {"round": round_index})
+        state = {"round": round_index}
+        save_checkpoint(directory, round_index, model, tokenizer, state, weights)
     distributed.barrier()
     result = {
         "checkpoint": str(checkpoint),
