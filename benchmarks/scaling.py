@@ -19,8 +19,13 @@ taken; the share is that over the stage's wall time. It bounds the exposed cost 
 above (DDP overlaps its buckets with the backward pass). For sft-fsdp it is a proxy:
 FSDP all-gathers the weights in forward and backward and reduce-scatters the gradients,
 about 1.5 times the bytes of one all-reduce, in one collective per layer.
+Step-time overhead: the share of the N-process step time that the 1-process step
+does not need, ``1 - throughput_N / (N * throughput_1)`` (weak scaling: the same work
+per rank). It is measured, not modelled, and counts waits and latency too: for FSDP's
+many small per-layer collectives over gloo it is the honest column, the proxy above
+undercounts them.
 
-    OMP_NUM_THREADS=1 python benchmarks/scaling.py --processes 1 2
+    OMP_NUM_THREADS=1 python benchmarks/scaling.py --processes 1 2 [--steps 8] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -251,7 +256,10 @@ def _worker(rank: int, world: int, port: int, stage: str, workload: Workload, ou
     distributed.shutdown()
 
 
-def measure(stage: str, processes: int, workload: Workload, out: Path) -> Measurement:
+def measure(stage: str, processes: int, workload: Workload, scratch: Path) -> Measurement:
+    """One run in a fresh directory (a directory with a final checkpoint would resume and
+    train nothing)."""
+    out = Path(tempfile.mkdtemp(dir=scratch, prefix=f"{stage}-{processes}-"))
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -262,14 +270,19 @@ def measure(stage: str, processes: int, workload: Workload, out: Path) -> Measur
 def table(measurements: list[Measurement]) -> str:
     single = {m.stage: m.throughput for m in measurements if m.processes == 1}
     lines = [
-        "| stage | processes | throughput | speed-up | communication share |",
-        "|---|---|---|---|---|",
+        "| stage | processes | throughput | speed-up | communication share | step-time overhead |",
+        "|---|---|---|---|---|---|",
     ]
     for m in measurements:
-        speedup = f"{m.throughput / single[m.stage]:.2f}x" if m.stage in single else "n/a"
+        speedup, overhead = "n/a", "n/a"
+        if m.stage in single:
+            speedup = f"{m.throughput / single[m.stage]:.2f}x"
+            # weak scaling: a step's work per rank is the same at every N, so whatever share of
+            # the N-process step time the 1-process step does not need is communication + waits
+            overhead = f"{100 * (1 - m.throughput / (m.processes * single[m.stage])):.1f}%"
         lines.append(
             f"| {m.stage} | {m.processes} | {m.throughput:.1f} {m.unit} | {speedup} | "
-            f"{100 * m.communication_share:.1f}% |"
+            f"{100 * m.communication_share:.1f}% | {overhead} |"
         )
     return "\n".join(lines)
 
@@ -281,13 +294,23 @@ def main(args: argparse.Namespace) -> list[Measurement]:
             Path(scratch), args.hidden_size, args.layers, args.batch_size, args.steps
         )
         prepare(workload, max(args.processes))
-        measurements = [
-            measure(stage, processes, workload, Path(scratch))
-            for stage in args.stages
-            for processes in args.processes
+        rounds = [
+            [
+                measure(stage, processes, workload, Path(scratch))
+                for stage in args.stages
+                for processes in args.processes
+            ]
+            for _ in range(args.repeats)
         ]
+    measurements = [median_of(repeated) for repeated in zip(*rounds, strict=True)]
     print(table(measurements))
     return measurements
+
+
+def median_of(repeated: tuple[Measurement, ...]) -> Measurement:
+    """The repeat with the median throughput (one run's numbers, never a mix of runs)."""
+    ordered = sorted(repeated, key=lambda m: m.throughput)
+    return ordered[len(ordered) // 2]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -300,6 +323,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=8, help="per rank and step")
     parser.add_argument("--steps", type=int, default=8, help="steps (PPO: iterations)")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="rounds over every (stage, processes); medians"
+    )
     return parser.parse_args(argv)
 
 

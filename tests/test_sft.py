@@ -19,7 +19,7 @@ from textrl.combined_reward import CombinedReward, Whitening, gated_score
 from textrl.jsonl import DataFormatError
 from textrl.lm_losses import IGNORE_INDEX, margin_ranking_loss, margins_for, prompt_masked_lm_loss
 from textrl.reward_model import accuracy_by_rating, load_reward_model
-from textrl.sft import SFTConfig, checkpoints, train_sft
+from textrl.sft import SFTConfig, checkpoints, save_checkpoint, train_sft
 from textrl.sft_data import pack, packed_attention_mask, read_conversations, tokenize_conversation
 from textrl.world.preferences import PreferencePair
 
@@ -232,3 +232,13 @@ def test_reward_model_accuracy_counts_identical_responses_as_a_coin_flip(tmp_pat
     assert accuracy["better"] == 0.5
     assert accuracy["significantly better"] in (0.0, 1.0)
     assert accuracy["overall"] == pytest.approx((0.5 + accuracy["significantly better"]) / 2)
+
+
+def test_saving_a_step_again_replaces_its_checkpoint(tmp_path):
+    """A stage re-run after a kill between its save and its record writes the same step."""
+    first, second = tiny_model(seed=0), tiny_model(seed=1)
+    save_checkpoint(tmp_path, 7, first, TOKENIZER, {"step": 7})
+    path = save_checkpoint(tmp_path, 7, second, TOKENIZER, {"step": 7})
+    saved = load_file(path / "model.safetensors")
+    assert torch.equal(saved["model.embed_tokens.weight"], second.model.embed_tokens.weight)
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # nothing staged or set aside

@@ -127,14 +127,22 @@ def save_checkpoint(
     weights: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write ``checkpoint-<step>`` via a staging directory and an atomic rename; ``weights``
-    (``distributed.full_state_dict``) replace the model's own, which FSDP holds sharded."""
+    (``distributed.full_state_dict``) replace the model's own, which FSDP holds sharded.
+
+    A checkpoint of the same step already there (a stage re-run after a kill that came
+    between its save and its record) is moved aside first and deleted only once the new
+    one is in place, because a rename cannot replace a non-empty directory."""
     target = checkpoint_path(output_dir, step)
     staging = Path(tempfile.mkdtemp(dir=output_dir, prefix=f".{target.name}."))
     try:
         model.save_pretrained(staging, state_dict=weights, safe_serialization=True)
         tokenizer.save_pretrained(staging)
         torch.save(state, staging / STATE_FILE)
+        replaced = staging.with_name(staging.name + ".replaced")
+        if target.exists():
+            os.replace(target, replaced)
         os.replace(staging, target)
+        shutil.rmtree(replaced, ignore_errors=True)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
