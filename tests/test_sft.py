@@ -18,10 +18,15 @@ from tests.text_fixtures import TOKENIZER, tiny_model
 from textrl.combined_reward import CombinedReward, Whitening, gated_score
 from textrl.jsonl import DataFormatError
 from textrl.lm_losses import IGNORE_INDEX, margin_ranking_loss, margins_for, prompt_masked_lm_loss
-from textrl.reward_model import accuracy_by_rating, load_reward_model
+from textrl.reward_model import (
+    RewardModelConfig,
+    accuracy_by_rating,
+    load_reward_model,
+    train_reward_model,
+)
 from textrl.sft import SFTConfig, checkpoints, save_checkpoint, train_sft
 from textrl.sft_data import pack, packed_attention_mask, read_conversations, tokenize_conversation
-from textrl.world.preferences import PreferencePair
+from textrl.world.preferences import PreferencePair, write_preferences
 
 
 def conversation(prompt: str, answer: str) -> list[dict[str, str]]:
@@ -242,3 +247,22 @@ def test_saving_a_step_again_replaces_its_checkpoint(tmp_path):
     saved = load_file(path / "model.safetensors")
     assert torch.equal(saved["model.embed_tokens.weight"], second.model.embed_tokens.weight)
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # nothing staged or set aside
+
+
+def test_a_pair_longer_than_max_length_is_refused_with_its_file_and_prompt(tmp_path):
+    tiny_model().save_pretrained(tmp_path / "policy")
+    TOKENIZER.save_pretrained(tmp_path / "policy")
+    fits = PreferencePair("ab", "c", "d", "better", "helpfulness", False, "x", "y")
+    too_long = dataclasses.replace(fits, prompt="abc" * 40)
+    write_preferences(tmp_path / "pairs.jsonl", [fits, too_long])
+    config = RewardModelConfig(
+        policy=str(tmp_path / "policy"),
+        train=tmp_path / "pairs.jsonl",
+        output_dir=tmp_path / "rm",
+        max_length=64,
+    )
+    with pytest.raises(
+        ValueError, match=r"pairs\.jsonl \(helpfulness pairs\): pair 1 \(prompt 'abcabc"
+    ):
+        train_reward_model(config)
+    assert not (tmp_path / "rm").exists()  # nothing half-written

@@ -93,13 +93,13 @@ def load_reward_model(
     return model.to(device), tokenizer
 
 
-def encode_pairs(
+def tokenize_pairs(
     tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[str],
     responses: Sequence[str],
     max_length: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded ``(N, L)`` ids and mask of ``formatted prompt + response + EOS``."""
+) -> list[list[int]]:
+    """Token ids of ``formatted prompt + response + EOS``, one list per pair."""
     texts = [
         format_prompt(tokenizer, prompt) + response + tokenizer.eos_token
         for prompt, response in zip(prompts, responses, strict=True)
@@ -107,17 +107,43 @@ def encode_pairs(
     encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
     too_long = [i for i, ids in enumerate(encoded) if len(ids) > max_length]
     if too_long:
+        first = too_long[0]
         raise ValueError(
-            f"pair {too_long[0]}: prompt + response has {len(encoded[too_long[0]])} "
-            f"tokens, more than max_length={max_length}"
+            f"pair {first} (prompt {prompts[first][:60]!r}): prompt + response has "
+            f"{len(encoded[first])} tokens, more than max_length={max_length}"
         )
-    width = max(len(ids) for ids in encoded)
-    ids = torch.full((len(encoded), width), tokenizer.pad_token_id, dtype=torch.long)
+    return encoded
+
+
+def pad_right(
+    rows: Sequence[Sequence[int]], pad_token_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ``(N, L)`` ids and attention mask of token lists."""
+    width = max(len(ids) for ids in rows)
+    ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
     mask = torch.zeros_like(ids)
-    for row, tokens in enumerate(encoded):
+    for row, tokens in enumerate(rows):
         ids[row, : len(tokens)] = torch.tensor(tokens)
         mask[row, : len(tokens)] = 1
     return ids, mask
+
+
+def encode_pairs(
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    responses: Sequence[str],
+    max_length: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ``(N, L)`` ids and mask of ``formatted prompt + response + EOS``."""
+    return pad_right(
+        tokenize_pairs(tokenizer, prompts, responses, max_length), tokenizer.pad_token_id
+    )
+
+
+def score_encoded(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Raw scalar rewards ``(N,)`` of right-padded rows (pooled at the last real token)."""
+    device = next(model.parameters()).device
+    return model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.squeeze(-1)
 
 
 def score(
@@ -128,9 +154,7 @@ def score(
     max_length: int = 256,
 ) -> torch.Tensor:
     """Raw scalar rewards ``(N,)`` (with gradients when the caller allows them)."""
-    device = next(model.parameters()).device
-    ids, mask = encode_pairs(tokenizer, prompts, responses, max_length)
-    return model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.squeeze(-1)
+    return score_encoded(model, *encode_pairs(tokenizer, prompts, responses, max_length))
 
 
 @torch.no_grad()
@@ -174,6 +198,15 @@ def train_reward_model(config: RewardModelConfig) -> RewardModelResult:
     if not pairs:
         raise ValueError(f"{config.train}: no pairs of category {config.category!r}")
     model, tokenizer = load_reward_model(config.policy, context.device)
+    # tokenized once (and checked for length up front), not again in every step and epoch
+    prompts = [p.prompt for p in pairs]
+    try:
+        chosen_tokens, rejected_tokens = (
+            tokenize_pairs(tokenizer, prompts, responses, config.max_length)
+            for responses in ([p.chosen for p in pairs], [p.rejected for p in pairs])
+        )
+    except ValueError as error:
+        raise ValueError(f"{config.train} ({config.category} pairs): {error}") from None
     torch.manual_seed(distributed.rank_seed(config.seed))
     pairs_per_step = config.batch_size * context.world_size
     steps_per_epoch = math.ceil(len(pairs) / pairs_per_step)
@@ -201,13 +234,8 @@ def train_reward_model(config: RewardModelConfig) -> RewardModelResult:
         rows = order[position * pairs_per_step : (position + 1) * pairs_per_step]
         part = distributed.shard(rows, len(rows))
         batch = [pairs[i] for i in part.rows]
-        rewards = score(
-            trained,
-            tokenizer,
-            [p.prompt for p in batch] * 2,
-            [p.chosen for p in batch] + [p.rejected for p in batch],
-            config.max_length,
-        )
+        rows = [chosen_tokens[i] for i in part.rows] + [rejected_tokens[i] for i in part.rows]
+        rewards = score_encoded(trained, *pad_right(rows, tokenizer.pad_token_id))
         pair_loss_sum = margin_ranking_loss(
             rewards[: len(batch)],
             rewards[len(batch) :],
