@@ -30,7 +30,7 @@ from tianshou.data import Batch, ReplayBuffer
 from agents.row_batch import RowBatch
 from agents.segment_policy import ReferenceScoringPolicy, SegmentPolicy
 from agents.segments import segments_from_buffer
-from textrl.distributed import clip_grad_norm_, replicated, sum_gradients
+from textrl.distributed import average_gradients, clip_grad_norm_
 from textrl.gae import masked_gae
 from textrl.kl import AdaptiveKLController, KLEstimator
 from textrl.masked import ReduceSum, masked_mean, masked_whiten
@@ -339,14 +339,10 @@ class PPO(OnPolicyAlgorithm[Policy]):
         the gradients of the parameters it shards in backward already."""
         if self.reduce_sum is None:
             return metrics
-        values = torch.stack(list(metrics.values()))
-        parameters = replicated(self.policy.parameters())
-        total = sum_gradients(parameters, self.reduce_sum, torch.cat([values, values.new_ones(1)]))
-        processes = total[-1]  # the last entry counts the processes
-        for parameter in parameters:
-            if parameter.grad is not None:
-                parameter.grad.div_(processes)
-        return dict(zip(metrics, total[:-1] / processes, strict=True))
+        summed, processes = average_gradients(
+            self.policy.parameters(), self.reduce_sum, torch.stack(list(metrics.values()))
+        )
+        return dict(zip(metrics, summed / processes, strict=True))
 
     def _accumulate_gradients(
         self, minibatch: PPORollout, clip_epsilon: float

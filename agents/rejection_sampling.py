@@ -59,7 +59,7 @@ from tianshou.data import Batch, ReplayBuffer
 
 from agents.row_batch import RowBatch
 from agents.segments import Segments, segments_from_buffer
-from textrl.distributed import clip_grad_norm_, replicated, sum_gradients
+from textrl.distributed import average_gradients, clip_grad_norm_
 from textrl.masked import ReduceSum, masked_sum
 
 
@@ -383,11 +383,10 @@ class RejectionSampling(OnPolicyAlgorithm[Policy]):
         (-log_likelihood_sum * processes / global_steps).backward()
         global_sum = log_likelihood_sum.detach()
         if self.reduce_sum is not None:
-            parameters = replicated(self.policy.parameters())
-            global_sum = sum_gradients(parameters, self.reduce_sum, global_sum.reshape(1))[0]
-            for parameter in parameters:
-                if parameter.grad is not None:
-                    parameter.grad.div_(processes)
+            summed, _ = average_gradients(
+                self.policy.parameters(), self.reduce_sum, global_sum.reshape(1)
+            )
+            global_sum = summed[0]
         if self.max_grad_norm is not None:
             clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
         self._torch_optimizer.step()

@@ -320,6 +320,21 @@ def clip_grad_norm_(parameters: Iterable[torch.nn.Parameter], max_norm: float) -
     return total
 
 
+def average_gradients(
+    parameters: Iterable[torch.nn.Parameter], reduce_sum: ReduceSum, values: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Average over processes the gradients of the ``parameters`` FSDP does not shard (FSDP
+    has averaged the others in backward) and sum ``values`` (1-D), in one all-reduce;
+    returns the summed values and the number of processes."""
+    plain = replicated(parameters)
+    total = sum_gradients(plain, reduce_sum, torch.cat([values, values.new_ones(1)]))
+    processes = total[-1]  # the last entry counts the processes
+    for parameter in plain:
+        if parameter.grad is not None:
+            parameter.grad.div_(processes)
+    return total[:-1], processes
+
+
 def sum_gradients(
     parameters: Iterable[torch.nn.Parameter], reduce_sum: ReduceSum, values: torch.Tensor
 ) -> torch.Tensor:
