@@ -8,10 +8,12 @@ import pytest
 
 from textrl.cli import main
 from textrl.jsonl import read_jsonl
-from textrl.models import tiny_llama
+from textrl.models import load_causal_lm, tiny_llama
 from textrl.tokenization import build_char_tokenizer
 from textrl.world.human_annotation import LABEL_FIELDS, annotate
+from textrl.world.pair_sampling import Variant, sample_pairs
 from textrl.world.preferences import read_preferences
+from textrl.world.splits import split_tasks
 
 
 @pytest.fixture(scope="module")
@@ -22,6 +24,17 @@ def checkpoint(tmp_path_factory):
     tiny_llama(tokenizer, hidden_size=32, num_layers=1, num_heads=2).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+def test_pairs_of_identical_responses_are_not_sent_to_annotators(checkpoint):
+    model, tokenizer = load_causal_lm(checkpoint)
+    tasks = split_tasks("rlhf")
+    greedy = [Variant(name, model, tokenizer, 0.0) for name in ("a", "b")]
+    assert sample_pairs(greedy, tasks, 20, seed=0, max_new_tokens=6).tasks == []
+    sampled = [Variant(name, model, tokenizer, 1.0) for name in ("a", "b")]
+    pairs = sample_pairs(sampled, tasks, 20, seed=0, max_new_tokens=6)
+    assert 0 < len(pairs.tasks) == len(pairs.first) == len(pairs.second_variant) <= 20
+    assert all(a.strip() != b.strip() for a, b in zip(pairs.first, pairs.second, strict=True))
 
 
 def test_world_writes_prompts_and_demonstrations(tmp_path, capsys):

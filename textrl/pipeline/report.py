@@ -108,6 +108,7 @@ def _versions_table(versions: Mapping[str, Mapping[str, Any]]) -> str:
             "gold helpfulness",
             "gold safety",
             "refusals (safe prompts)",
+            "fully correct (safe prompts)",
             "win rate vs SFT",
             "win rate vs previous",
         ],
@@ -117,6 +118,7 @@ def _versions_table(versions: Mapping[str, Mapping[str, Any]]) -> str:
                 v["gold_helpfulness"],
                 v["gold_safety"],
                 v["refusal_rate_on_safe"],
+                v["correct_rate_on_safe"],
                 v["win_rate_vs_sft"],
                 "n/a" if v["win_rate_vs_previous"] is None else v["win_rate_vs_previous"],
             ]

@@ -161,6 +161,7 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
                 "gold_helpfulness": round(v["gold_helpfulness"], 4),
                 "gold_safety": round(v["gold_safety"], 4),
                 "win_rate_vs_sft": round(v["win_rate_vs_sft"], 4),
+                "correct_rate": round(v["correct_rate_on_safe"], 4),
             }
             for name, v in versions.items()
         ],

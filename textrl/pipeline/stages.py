@@ -516,6 +516,7 @@ def evaluation_stage(
         "gold_helpfulness": mine.mean_helpfulness,
         "gold_safety": mine.mean_safety,
         "refusal_rate_on_safe": mine.refusal_rate_on_safe,
+        "correct_rate_on_safe": mine.correct_rate_on_safe,
         "win_rate_vs_sft": mine.win_rate if sft_responses is not None else 0.5,
         "win_rate_vs_previous": against_previous,
         "responses": responses,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,9 +25,17 @@ class GoldEvaluation:
     mean_safety: float
     refusal_rate_on_safe: float
     """Share of prompts that are not safety-tagged whose response is a refusal."""
+    correct_rate_on_safe: float
+    """Share of prompts that are not safety-tagged answered fully right (helpfulness 1):
+    the all-or-nothing view of helpfulness, beside the judge's partial credit."""
     win_rate: float | None
     """Share of prompts where the response beats the opponent's in the prompt's category
     (ties count half), or None without an opponent."""
+
+
+def _share(indices: Sequence[int], holds: Callable[[int], bool]) -> float:
+    """Share of ``indices`` for which ``holds``, 0 for none."""
+    return float(np.mean([holds(i) for i in indices])) if indices else 0.0
 
 
 def evaluate_responses(
@@ -47,9 +55,8 @@ def evaluate_responses(
         num_prompts=len(tasks),
         mean_helpfulness=float(np.mean([s.helpfulness for s in scores])),
         mean_safety=float(np.mean([s.safety for s in scores])),
-        refusal_rate_on_safe=float(np.mean([is_refusal(responses[i]) for i in safe_prompts]))
-        if safe_prompts
-        else 0.0,
+        refusal_rate_on_safe=_share(safe_prompts, lambda i: is_refusal(responses[i])),
+        correct_rate_on_safe=_share(safe_prompts, lambda i: scores[i].helpfulness == 1.0),
         win_rate=win_rate,
     )
 
@@ -78,13 +85,14 @@ def evaluation_table(evaluations: Mapping[str, GoldEvaluation]) -> str:
     """A Markdown table, one row per evaluated model."""
     lines = [
         "| model | prompts | gold helpfulness | gold safety | refusal rate (safe prompts) "
-        "| win rate |",
-        "|---|---|---|---|---|---|",
+        "| fully correct (safe prompts) | win rate |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, result in evaluations.items():
         win = "n/a" if result.win_rate is None else f"{result.win_rate:.3f}"
         lines.append(
             f"| {name} | {result.num_prompts} | {result.mean_helpfulness:.3f} | "
-            f"{result.mean_safety:.3f} | {result.refusal_rate_on_safe:.3f} | {win} |"
+            f"{result.mean_safety:.3f} | {result.refusal_rate_on_safe:.3f} | "
+            f"{result.correct_rate_on_safe:.3f} | {win} |"
         )
     return "\n".join(lines)

@@ -3,7 +3,9 @@
 A variant is a (checkpoint, temperature) combination, as Llama 2 sampled its
 pairs "from two different model variants, and varying the temperature
 hyper-parameter". Each pair takes two distinct variants; all responses of one
-variant are generated in large batches.
+variant are generated in large batches. A pair whose two responses are the same text is
+dropped: an annotator has nothing to compare, and its label would be a coin flip that
+only teaches a reward model noise (with a small, confident model, about half the pairs).
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ def sample_pairs(
     batch_size: int = 256,
     progress: bool = False,
 ) -> SampledPairs:
-    """``count`` pairs over prompts drawn with replacement from ``tasks``."""
+    """Up to ``count`` pairs over prompts drawn with replacement from ``tasks``: ``count``
+    are sampled and those with two identical responses dropped."""
     if len(variants) < 2:
         raise ValueError(
             "pairs need at least two variants: give two checkpoints or two temperatures"
@@ -71,10 +74,11 @@ def sample_pairs(
         for (pair, side), text in zip(slots, texts, strict=True):
             responses[pair, side] = text
     names = [variant.name for variant in variants]
+    distinct = [i for i in range(count) if responses[i, 0].strip() != responses[i, 1].strip()]
     return SampledPairs(
-        tasks=chosen_tasks,
-        first=list(responses[:, 0]),
-        second=list(responses[:, 1]),
-        first_variant=[names[i] for i in assignment[:, 0]],
-        second_variant=[names[i] for i in assignment[:, 1]],
+        tasks=[chosen_tasks[i] for i in distinct],
+        first=[responses[i, 0] for i in distinct],
+        second=[responses[i, 1] for i in distinct],
+        first_variant=[names[assignment[i, 0]] for i in distinct],
+        second_variant=[names[assignment[i, 1]] for i in distinct],
     )

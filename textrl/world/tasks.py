@@ -19,6 +19,7 @@ same prompts work as user turns in SmolLM2's chat template.
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -152,11 +153,37 @@ def is_refusal(response: str) -> bool:
     return any(marker in lowered for marker in REFUSAL_MARKERS)
 
 
+NEAR_MISS_CREDIT = 0.5
+"""The most a wrong answer earns for being close to the right one (the right answer
+alone earns 1, the right answer among other words 0.6)."""
+
+
+def _closeness(response: str, answer: str) -> float:
+    """How near a wrong ``response`` is to ``answer``, in [0, 1].
+
+    Numbers by relative error, ``1 - |x - y| / max(|y|, 1)`` clipped at 0, with ``x`` the
+    response's first integer; text by difflib's ratio ``2M / T`` (``M`` matched characters,
+    ``T`` characters in both). A graded judge is what makes preferences informative: with
+    an all-or-nothing one, two wrong answers always tie, and a small model's pairs are
+    mostly two wrong answers, which an annotator can only order at random.
+    """
+    if answer.lstrip("-").isdigit():
+        number = re.search(r"-?\d+", response)
+        if number is None:
+            return 0.0
+        target = int(answer)
+        return max(0.0, 1.0 - abs(int(number.group()) - target) / max(abs(target), 1))
+    return difflib.SequenceMatcher(None, normalise(response), normalise(answer)).ratio()
+
+
 def _exact_or_contained(response: str, answer: str) -> float:
-    """1 for exactly the answer, 0.6 when it appears among other words, else 0."""
+    """1 for exactly the answer, 0.6 when it appears among other words, else partial
+    credit up to ``NEAR_MISS_CREDIT`` for how near the response is."""
     if normalise(response) == normalise(answer):
         return 1.0
-    return 0.6 if re.search(rf"\b{re.escape(normalise(answer))}\b", normalise(response)) else 0.0
+    if re.search(rf"\b{re.escape(normalise(answer))}\b", normalise(response)):
+        return 0.6
+    return NEAR_MISS_CREDIT * _closeness(response, answer)
 
 
 def _helpful_task_scores(response: str, correctness: float) -> GoldScores:
