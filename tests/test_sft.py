@@ -17,7 +17,13 @@ from envs.text_generation import TextGenerationEnv
 from tests.text_fixtures import TOKENIZER, tiny_model
 from textrl.combined_reward import CombinedReward, Whitening, gated_score
 from textrl.jsonl import DataFormatError
-from textrl.lm_losses import IGNORE_INDEX, margin_ranking_loss, margins_for, prompt_masked_lm_loss
+from textrl.lm_losses import (
+    IGNORE_INDEX,
+    margin_ranking_loss,
+    margins_for,
+    prompt_masked_lm_loss,
+    reward_centering_penalty,
+)
 from textrl.reward_model import (
     RewardModelConfig,
     accuracy_by_rating,
@@ -86,6 +92,20 @@ def test_margin_loss_equals_a_hand_computation():
     torch.testing.assert_close(margin_ranking_loss(chosen, rejected, margins), expected)
     assert margins_for(["better", "slightly better"], "small").tolist() == pytest.approx(
         [2 / 3, 1 / 3]
+    )
+
+
+def test_reward_centering_penalty_is_the_mean_squared_pair_sum():
+    chosen, rejected = torch.tensor([2.0, 0.5]), torch.tensor([1.0, -0.5])
+    assert reward_centering_penalty(chosen, rejected).item() == pytest.approx((9.0 + 0.0) / 2)
+    # an offset shared by both answers to a prompt leaves the ranking loss alone, not this
+    margins = torch.zeros(2)
+    torch.testing.assert_close(
+        margin_ranking_loss(chosen + 5, rejected + 5, margins),
+        margin_ranking_loss(chosen, rejected, margins),
+    )
+    assert reward_centering_penalty(chosen + 5, rejected + 5) > reward_centering_penalty(
+        chosen, rejected
     )
 
 

@@ -100,6 +100,7 @@ def _collect_preferences(args: argparse.Namespace) -> None:
         json.dumps(
             {
                 "pairs": len(labelled),
+                "identical_dropped": args.pairs - len(labelled),
                 "out": str(args.out),
                 "seconds": round(time.perf_counter() - start, 2),
             }
@@ -171,6 +172,7 @@ def _reward_model(args: argparse.Namespace) -> None:
         category=args.category,
         margin=args.margin,
         epochs=args.epochs,
+        center_coefficient=args.center_coefficient,
         learning_rate=args.learning_rate,
         batch_size=args.batch_size,
         seed=args.seed,
@@ -353,6 +355,12 @@ def build_parser() -> argparse.ArgumentParser:
     reward.add_argument("--category", choices=["helpfulness", "safety"], default="helpfulness")
     reward.add_argument("--margin", choices=["none", "small", "large"], default="small")
     reward.add_argument("--epochs", type=int, default=1)
+    reward.add_argument(
+        "--center-coefficient",
+        type=float,
+        default=0.0,
+        help="weight of mean((r_chosen + r_rejected)^2), which pulls per-prompt offsets to 0",
+    )
     reward.add_argument("--learning-rate", type=float, default=1e-5)
     reward.add_argument("--batch-size", type=int, default=16)
     reward.add_argument("--out", type=Path, required=True)

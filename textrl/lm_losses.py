@@ -59,6 +59,20 @@ def margin_ranking_loss(
     return -F.logsigmoid(chosen_rewards - rejected_rewards - margins).mean()
 
 
+def reward_centering_penalty(
+    chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor
+) -> torch.Tensor:
+    """``mean((r_chosen + r_rejected)^2)`` over pairs (Eisenstein et al. 2023; TRL's
+    ``center_rewards_coefficient``).
+
+    The ranking loss only sees differences within a pair, so a reward model may add any
+    offset per prompt. Those offsets are large for a small model (several times the spread
+    between answers to one prompt), and in PPO they land in the advantages as noise the
+    value head must first learn away; this penalty pulls each pair's mean to zero.
+    """
+    return ((chosen_rewards + rejected_rewards) ** 2).mean()
+
+
 def margins_for(ratings: list[str], table: MarginTable) -> torch.Tensor:
     """The margin ``m(rating)`` of each pair under ``table``."""
     if table not in MARGINS:

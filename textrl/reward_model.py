@@ -35,7 +35,12 @@ from transformers import (
 
 from textrl import distributed
 from textrl.chat import format_prompt
-from textrl.lm_losses import MarginTable, margin_ranking_loss, margins_for
+from textrl.lm_losses import (
+    MarginTable,
+    margin_ranking_loss,
+    margins_for,
+    reward_centering_penalty,
+)
 from textrl.models import ensure_distinct_padding, model_directory
 from textrl.optim import adamw_with_cosine
 from textrl.sft import checkpoint_path, save_checkpoint
@@ -58,6 +63,8 @@ class RewardModelConfig:
     margin: MarginTable = "small"
     """Margin table: none, small or large (Llama 2 Table 27)."""
     epochs: int = 1
+    center_coefficient: float = 0.0
+    """Weight of ``reward_centering_penalty`` added to the ranking loss (0: Llama 2's loss)."""
     learning_rate: float = 1e-5
     """Peak AdamW step size (Llama 2: 5e-6 for 70B, 1e-5 otherwise; more for tiny models)."""
     batch_size: int = 16
@@ -236,11 +243,13 @@ def train_reward_model(config: RewardModelConfig) -> RewardModelResult:
         batch = [pairs[i] for i in part.rows]
         rows = [chosen_tokens[i] for i in part.rows] + [rejected_tokens[i] for i in part.rows]
         rewards = score_encoded(trained, *pad_right(rows, tokenizer.pad_token_id))
-        pair_loss_sum = margin_ranking_loss(
-            rewards[: len(batch)],
-            rewards[len(batch) :],
+        chosen, rejected = rewards[: len(batch)], rewards[len(batch) :]
+        pair_loss = margin_ranking_loss(
+            chosen,
+            rejected,
             margins_for([p.rating for p in batch], config.margin).to(rewards.device),
-        ) * len(batch)
+        ) + config.center_coefficient * reward_centering_penalty(chosen, rejected)
+        pair_loss_sum = pair_loss * len(batch)
         scaled_loss = pair_loss_sum * part.loss_scale
         optimizer.zero_grad(set_to_none=True)
         scaled_loss.backward()

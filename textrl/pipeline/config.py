@@ -38,7 +38,8 @@ class SFTSection:
 @dataclass(frozen=True)
 class PreferenceSection:
     pairs_per_round: int = 3000
-    """Fresh helpfulness pairs sampled from the latest models in each round."""
+    """Fresh helpfulness pairs sampled from the latest models in each round (those whose two
+    responses are identical are then dropped, about half with the tiny model)."""
     safety_pairs_per_round: int = 1000
     """Fresh safety pairs (on safety-tagged prompts) in each round."""
     temperatures: list[float] = field(default_factory=lambda: [0.7, 1.5])
@@ -54,6 +55,8 @@ class RewardModelSection:
     learning_rate: float = 5e-4
     batch_size: int = 32
     margin: str = "small"
+    center_coefficient: float = 0.0
+    """Reward-centering weight (``textrl.lm_losses.reward_centering_penalty``)."""
 
 
 @dataclass(frozen=True)

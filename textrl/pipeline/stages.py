@@ -214,6 +214,7 @@ def reward_models_stage(
                 category=category,
                 margin=config.reward_model.margin,
                 epochs=config.reward_model.epochs,
+                center_coefficient=config.reward_model.center_coefficient,
                 learning_rate=config.reward_model.learning_rate,
                 batch_size=config.reward_model.batch_size,
                 seed=config.seed,
