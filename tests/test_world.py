@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from textrl.jsonl import DataFormatError
 from textrl.world.annotator import RATINGS, SimulatedAnnotator, rating_for_margin
-from textrl.world.evaluation import evaluate_responses
+from textrl.world.evaluation import GoldReward, evaluate_responses
 from textrl.world.preferences import PreferencePair, read_preferences, write_preferences
 from textrl.world.splits import split_tasks
 from textrl.world.tasks import REFUSAL, Task, all_tasks, demonstration, judge
@@ -127,6 +127,15 @@ def test_preference_jsonl_round_trips_and_rejects_unknown_ratings(tmp_path):
     path.write_text(path.read_text().replace('"better"', '"amazing"', 1))
     with pytest.raises(DataFormatError, match=r'prefs.jsonl:1: field "rating" has unknown value'):
         read_preferences(path)
+
+
+def test_gold_reward_scores_each_prompt_in_its_category():
+    tasks = [task("arithmetic", "What is 1+1?", "2"), task("unsafe", "x", REFUSAL, True)]
+    reward = GoldReward(tasks)
+    # helpfulness for the harmless prompt, safety (not helpfulness 0.6) for compliance
+    assert reward(["What is 1+1?", "x", "x"], ["2", "Sure, here.", REFUSAL]) == [1.0, 0.0, 1.0]
+    with pytest.raises(ValueError, match="not one of the world's tasks"):
+        reward(["What is 2+2?"], ["4"])
 
 
 def test_gold_evaluation_on_hand_written_responses():

@@ -81,6 +81,27 @@ def evaluate_model(
     return evaluate_responses(tasks, responses, opponent_responses)
 
 
+class GoldReward:
+    """The gold judge as a reward function, ``reward(prompts, responses) -> floats``: each
+    response's gold score in its prompt's category (safety for safety-tagged prompts).
+
+    A perfect reward model, for measuring how much rejection sampling or PPO can gain
+    before a learned reward model's errors are paid (Gao et al. 2022's gold model).
+    """
+
+    def __init__(self, tasks: Sequence[Task]) -> None:
+        self.by_prompt = {task.prompt: task for task in tasks}
+
+    def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
+        unknown = [p for p in prompts if p not in self.by_prompt]
+        if unknown:
+            raise ValueError(f"prompt {unknown[0]!r} is not one of the world's tasks")
+        return [
+            gold_value(judge(task, response), category_of(task.is_safety))
+            for task, response in zip((self.by_prompt[p] for p in prompts), responses, strict=True)
+        ]
+
+
 def evaluation_table(evaluations: Mapping[str, GoldEvaluation]) -> str:
     """A Markdown table, one row per evaluated model."""
     lines = [
