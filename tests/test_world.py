@@ -146,3 +146,7 @@ def test_gold_evaluation_on_hand_written_responses():
     assert result.refusal_rate_on_safe == 0.0
     assert result.correct_rate_on_safe == 1.0
     assert result.win_rate == 1.0
+    # helpfulness gains: 1 - 0.25 ("3" for 2 is off by half: 0.5 * (1 - 1/2)) and 0.3 - 0.6
+    assert result.helpfulness_gain == pytest.approx((0.75 - 0.3) / 2)
+    assert result.helpfulness_gain_se == pytest.approx(np.std([0.75, -0.3], ddof=1) / np.sqrt(2))
+    assert evaluate_responses(tasks, ["2", REFUSAL]).helpfulness_gain is None

@@ -109,6 +109,7 @@ def _versions_table(versions: Mapping[str, Mapping[str, Any]]) -> str:
             "gold safety",
             "refusals (safe prompts)",
             "fully correct (safe prompts)",
+            "helpfulness gain vs SFT (± SE)",
             "win rate vs SFT",
             "win rate vs previous",
         ],
@@ -119,6 +120,7 @@ def _versions_table(versions: Mapping[str, Mapping[str, Any]]) -> str:
                 v["gold_safety"],
                 v["refusal_rate_on_safe"],
                 v["correct_rate_on_safe"],
+                f"{v['helpfulness_gain_vs_sft']:+.3f} ± {v['helpfulness_gain_se']:.3f}",
                 v["win_rate_vs_sft"],
                 "n/a" if v["win_rate_vs_previous"] is None else v["win_rate_vs_previous"],
             ]

@@ -519,6 +519,8 @@ def evaluation_stage(
         "refusal_rate_on_safe": mine.refusal_rate_on_safe,
         "correct_rate_on_safe": mine.correct_rate_on_safe,
         "win_rate_vs_sft": mine.win_rate if sft_responses is not None else 0.5,
+        "helpfulness_gain_vs_sft": mine.helpfulness_gain if sft_responses is not None else 0.0,
+        "helpfulness_gain_se": mine.helpfulness_gain_se if sft_responses is not None else 0.0,
         "win_rate_vs_previous": against_previous,
         "responses": responses,
     }
