@@ -233,6 +233,7 @@ def _ppo(args: argparse.Namespace) -> None:
         prompts=args.prompts,
         kl_estimator=args.kl_estimator,
         whiten_rewards=args.whiten_rewards,
+        greedy_baseline=args.greedy_baseline,
         fsdp=args.fsdp,
         seed=args.seed,
         device=args.device,
@@ -381,6 +382,11 @@ def build_parser() -> argparse.ArgumentParser:
         ppo.add_argument("--" + name.replace("_", "-"), type=kind, help="overrides the preset")
     ppo.add_argument("--kl-estimator", choices=["k1", "k3"], default="k1")
     ppo.add_argument("--whiten-rewards", action="store_true")
+    ppo.add_argument(
+        "--greedy-baseline",
+        action="store_true",
+        help="subtract each prompt's reward of the initial greedy response (ReMax)",
+    )
     ppo.add_argument("--fsdp", action="store_true", help=FSDP_HELP)
     ppo.add_argument("--seed", type=int, default=0)
     ppo.add_argument("--device", default="cpu")

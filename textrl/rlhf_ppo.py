@@ -53,6 +53,7 @@ from textrl.kl import AdaptiveKLController, KLEstimator
 from textrl.masked import ReduceSum
 from textrl.models import disable_dropout, load_causal_lm
 from textrl.reports import markdown_table, reward_vs_kl_figure, write_report
+from textrl.reward_baseline import BaselinedReward
 from textrl.sampling import SamplingConfig
 from textrl.sft import CHECKPOINT_PREFIX, checkpoints, save_checkpoint
 from textrl.world.annotator import category_of, gold_value
@@ -120,6 +121,9 @@ class RLHFConfig:
     """Horizon of the adaptive controller, in episodes."""
     kl_estimator: KLEstimator = "k1"
     whiten_rewards: bool = False
+    greedy_baseline: bool = False
+    """Subtract from each score the prompt's score of the initial policy's greedy response
+    (``textrl.reward_baseline``, ReMax): removes the reward model's per-prompt offsets."""
     missing_eos_penalty: float | None = None
     """Added to the score of a response cut at max_new_tokens (e.g. -1)."""
     temperature: float = 1.0
@@ -208,12 +212,13 @@ def build_reward(
     prompt_set: PromptSet,
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-) -> CombinedReward:
-    """The combined reward, whitened on the initial policy's samples of calibration prompts."""
+) -> RewardFunction:
+    """The combined reward, whitened on the initial policy's samples of calibration prompts,
+    and with ``greedy_baseline`` less each prompt's score of the initial greedy response."""
     rng = np.random.default_rng(config.seed)
     chosen = rng.integers(0, len(prompt_set.prompts), config.calibration_prompts)
     torch.manual_seed(config.seed)
-    return CombinedReward.calibrated_on_policy(
+    combined = CombinedReward.calibrated_on_policy(
         config.helpfulness_rm,
         config.safety_rm,
         prompt_set.is_safety,
@@ -223,6 +228,12 @@ def build_reward(
         config.max_new_tokens,
         config.device,
     )
+    if not config.greedy_baseline:
+        return combined
+    # every prompt the reward will see: training, and the gold evaluation's (its proxy column)
+    prompts = prompt_set.prompts + [t.prompt for t in prompt_set.evaluation_tasks or []]
+    greedy = generate_responses(model, tokenizer, prompts, GREEDY, config.max_new_tokens)
+    return BaselinedReward(combined, prompts, greedy)
 
 
 ADAM_BETAS = (0.9, 0.95)

@@ -474,6 +474,7 @@ def ppo_stage(
         learning_rate=settings.learning_rate,
         kl_coef=settings.kl_coef,
         target_kl=settings.target_kl,
+        greedy_baseline=settings.greedy_baseline,
         max_new_tokens=config.evaluation.max_new_tokens,
         eval_every=settings.iterations,
         save_every=max(1, settings.iterations // 3),
