@@ -197,3 +197,32 @@ def test_a_resumed_rlhf_run_ends_with_the_same_weights(tiny_sft_checkpoint, tmp_
     resumed = final_weights(tmp_path / "resumed", stop_first=True)
     for name, value in straight.items():
         torch.testing.assert_close(resumed[name], value, atol=0, rtol=0)
+
+
+def test_with_the_gold_reward_the_rollouts_reward_is_the_gold_judges_score(
+    tiny_sft_checkpoint, tmp_path
+):
+    checkpoint, _ = tiny_sft_checkpoint
+    config = tiny_config(
+        checkpoint,
+        None,  # the world's RLHF prompts, which the gold judges know
+        tmp_path / "ppo",
+        iterations=1,
+        helpfulness_rm=None,
+        gold_reward=True,
+        max_prompt_tokens=64,
+        eval_every=1000,
+    )
+    rollout = [h for h in train_rlhf_ppo(config).history if "objective/rlhf_reward" in h][0]
+    assert rollout["objective/gold_reward"] > 0  # not a batch of zeros, equal by default
+    # objective/gold_reward is the world's judgement of the same responses, computed apart
+    assert rollout["objective/rlhf_reward"] == pytest.approx(rollout["objective/gold_reward"])
+
+
+def test_the_gold_reward_refuses_prompts_the_world_does_not_know(tiny_sft_checkpoint, tmp_path):
+    checkpoint, prompts = tiny_sft_checkpoint
+    config = tiny_config(
+        checkpoint, prompts, tmp_path / "ppo", iterations=1, helpfulness_rm=None, gold_reward=True
+    )
+    with pytest.raises(ValueError, match="world's prompts"):
+        train_rlhf_ppo(config)

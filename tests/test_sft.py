@@ -27,7 +27,10 @@ from textrl.lm_losses import (
 from textrl.reward_model import (
     RewardModelConfig,
     accuracy_by_rating,
+    likelihood_accuracy_by_rating,
     load_reward_model,
+    ranking_accuracy_by_rating,
+    response_log_likelihoods,
     train_reward_model,
 )
 from textrl.sft import SFTConfig, checkpoints, save_checkpoint, train_sft
@@ -257,6 +260,52 @@ def test_reward_model_accuracy_counts_identical_responses_as_a_coin_flip(tmp_pat
     assert accuracy["better"] == 0.5
     assert accuracy["significantly better"] in (0.0, 1.0)
     assert accuracy["overall"] == pytest.approx((0.5 + accuracy["significantly better"]) / 2)
+
+
+def test_response_log_likelihood_is_the_sft_loss_summed_and_padding_changes_nothing():
+    torch.manual_seed(0)
+    model = tiny_model(seed=4).eval()
+    example = tokenize_conversation(TOKENIZER, conversation("abc", "de"), "x:1")
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([example.input_ids])).logits
+        mean_loss = prompt_masked_lm_loss(logits, torch.tensor([example.labels]))
+    answer_tokens = 3  # "d", "e", EOS
+    alone = response_log_likelihoods(model, TOKENIZER, ["abc"], ["de"])
+    torch.testing.assert_close(alone, -mean_loss.reshape(1) * answer_tokens)
+    batched = response_log_likelihoods(model, TOKENIZER, ["abc", "a"], ["de", "longer answer"])
+    torch.testing.assert_close(batched[:1], alone)
+
+
+def test_likelihood_ranking_is_antisymmetric_and_counts_ties_half():
+    model = tiny_model(seed=5).eval()
+    pairs = [
+        PreferencePair("abc", chosen, rejected, rating, "helpfulness", False, "a", "b")
+        for chosen, rejected, rating in [
+            ("cba", "hhhh", "better"),
+            ("x", "yz", "better"),
+            ("d", "d", "slightly better"),
+        ]
+    ]
+    swapped = [dataclasses.replace(p, chosen=p.rejected, rejected=p.chosen) for p in pairs]
+    forward = likelihood_accuracy_by_rating(model, TOKENIZER, pairs)
+    backward = likelihood_accuracy_by_rating(model, TOKENIZER, swapped)
+    assert forward["slightly better"] == backward["slightly better"] == 0.5
+    assert forward["better"] + backward["better"] == pytest.approx(1.0)
+    assert forward["overall"] + backward["overall"] == pytest.approx(1.0)
+
+
+def test_ranking_accuracy_per_rating_on_hand_scores():
+    pairs = [
+        PreferencePair("p", chosen, rejected, rating, "helpfulness", False, "a", "b")
+        for chosen, rejected, rating in [
+            ("long", "x", "better"),  # longer wins: right
+            ("y", "long", "better"),  # wrong
+            ("ab", "cd", "significantly better"),  # tie: half
+        ]
+    ]
+    by_length = lambda prompts, responses: torch.tensor([float(len(r)) for r in responses])  # noqa: E731
+    accuracy = ranking_accuracy_by_rating(by_length, pairs, batch_size=2)
+    assert accuracy == {"better": 0.5, "significantly better": 0.5, "overall": 0.5}
 
 
 def test_saving_a_step_again_replaces_its_checkpoint(tmp_path):

@@ -34,6 +34,7 @@ from textrl.reward_model import (
     RewardModelConfig,
     accuracy_by_rating,
     accuracy_table,
+    likelihood_accuracy_by_rating,
     load_reward_model,
     train_reward_model,
 )
@@ -182,17 +183,23 @@ def _reward_model(args: argparse.Namespace) -> None:
     result = train_reward_model(config)
     model, tokenizer = load_reward_model(result.checkpoint, args.device)
     model.eval()
+    policy, policy_tokenizer = load_causal_lm(args.policy, device=args.device)
     accuracies = {}
     for path in [args.train, *args.evaluate]:
         pairs = [p for p in read_preferences(path) if p.category == args.category]
         accuracies[Path(path).name] = accuracy_by_rating(model, tokenizer, pairs)
+        accuracies[f"{Path(path).name}: policy likelihood"] = likelihood_accuracy_by_rating(
+            policy, policy_tokenizer, pairs
+        )
     table = accuracy_table(accuracies)
     report = write_report(
         args.out,
         f"Reward model ({args.category}, {args.margin} margin)",
         [
             f"Initialised from `{args.policy}`, trained on `{args.train}`.",
-            "Accuracy (share of pairs where r(chosen) > r(rejected)):\n\n" + table,
+            "Accuracy (share of pairs where r(chosen) > r(rejected)); the policy-likelihood "
+            "columns rank by log pi(response | prompt) of the initial policy, untrained, the "
+            "baseline the reward model should beat:\n\n" + table,
         ],
         {
             "loss": loss_figure(result.losses, "ranking loss"),
@@ -234,6 +241,7 @@ def _ppo(args: argparse.Namespace) -> None:
         kl_estimator=args.kl_estimator,
         whiten_rewards=args.whiten_rewards,
         greedy_baseline=args.greedy_baseline,
+        gold_reward=args.gold_reward,
         fsdp=args.fsdp,
         seed=args.seed,
         device=args.device,
@@ -371,7 +379,13 @@ def build_parser() -> argparse.ArgumentParser:
     reward.set_defaults(run=_reward_model)
     ppo = commands.add_parser("ppo", help="RLHF: PPO from an SFT checkpoint and reward models")
     ppo.add_argument("--policy", required=True, help="SFT checkpoint (initial policy, reference)")
-    ppo.add_argument("--helpfulness-rm", required=True)
+    rewards = ppo.add_mutually_exclusive_group(required=True)
+    rewards.add_argument("--helpfulness-rm", help="helpfulness reward-model checkpoint")
+    rewards.add_argument(
+        "--gold-reward",
+        action="store_true",
+        help="score with the world's gold judges instead (the upper bound of a reward model)",
+    )
     ppo.add_argument("--safety-rm", help="with it, Llama 2's gated combined reward")
     ppo.add_argument("--out", type=Path, required=True)
     ppo.add_argument("--preset", choices=sorted(PRESETS), default="tiny")

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +36,7 @@ from transformers import (
 from textrl import distributed
 from textrl.chat import format_prompt
 from textrl.lm_losses import (
+    IGNORE_INDEX,
     MarginTable,
     margin_ranking_loss,
     margins_for,
@@ -44,6 +45,7 @@ from textrl.lm_losses import (
 from textrl.models import ensure_distinct_padding, model_directory
 from textrl.optim import adamw_with_cosine
 from textrl.sft import checkpoint_path, save_checkpoint
+from textrl.sft_data import tokenize_conversation
 from textrl.world.annotator import RATINGS
 from textrl.world.preferences import PreferencePair, read_preferences
 
@@ -165,25 +167,18 @@ def score(
 
 
 @torch.no_grad()
-def accuracy_by_rating(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
+def ranking_accuracy_by_rating(
+    scorer: Callable[[list[str], list[str]], torch.Tensor],
     pairs: Sequence[PreferencePair],
     batch_size: int = 64,
-    max_length: int = 256,
 ) -> dict[str, float]:
-    """Share of pairs where ``r(chosen) > r(rejected)`` (ties count half), per rating and
-    ``"overall"``."""
+    """Share of pairs where ``scorer(chosen) > scorer(rejected)`` (ties count half), per
+    rating and ``"overall"``; ``scorer(prompts, responses)`` returns one score per response."""
     correct: dict[str, list[float]] = defaultdict(list)
     for start in range(0, len(pairs), batch_size):
         batch = pairs[start : start + batch_size]
-        prompts = [p.prompt for p in batch] * 2
-        rewards = score(
-            model,
-            tokenizer,
-            prompts,
-            [p.chosen for p in batch] + [p.rejected for p in batch],
-            max_length,
+        rewards = scorer(
+            [p.prompt for p in batch] * 2, [p.chosen for p in batch] + [p.rejected for p in batch]
         )
         chosen, rejected = rewards[: len(batch)], rewards[len(batch) :]
         # equal rewards (identical responses) are a coin flip, as for the Bayes ceiling
@@ -192,6 +187,68 @@ def accuracy_by_rating(
             correct[pair.rating].append(win)
             correct["overall"].append(win)
     return {key: sum(values) / len(values) for key, values in correct.items()}
+
+
+def accuracy_by_rating(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    pairs: Sequence[PreferencePair],
+    batch_size: int = 64,
+    max_length: int = 256,
+) -> dict[str, float]:
+    """The reward model's ranking accuracy (Llama 2's Table 8)."""
+    return ranking_accuracy_by_rating(
+        lambda prompts, responses: score(model, tokenizer, prompts, responses, max_length),
+        pairs,
+        batch_size,
+    )
+
+
+@torch.no_grad()
+def response_log_likelihoods(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    responses: Sequence[str],
+) -> torch.Tensor:
+    """``log pi(response | prompt)`` ``(N,)``, summed over the response's tokens and its end
+    token, tokenized exactly as SFT trains (``tokenize_conversation``)."""
+    examples = [
+        tokenize_conversation(
+            tokenizer,
+            [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}],
+            f"pair {index}",
+        )
+        for index, (prompt, response) in enumerate(zip(prompts, responses, strict=True))
+    ]
+    ids, mask = pad_right([e.input_ids for e in examples], tokenizer.pad_token_id)
+    labels, _ = pad_right([e.labels for e in examples], IGNORE_INDEX)
+    device = next(model.parameters()).device
+    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, :-1]
+    targets = labels[:, 1:].to(device)
+    answer = targets != IGNORE_INDEX
+    log_probs = torch.log_softmax(logits.float(), dim=-1)
+    token_log_probs = log_probs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (token_log_probs * answer).sum(1).cpu()
+
+
+def likelihood_accuracy_by_rating(
+    policy: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    pairs: Sequence[PreferencePair],
+    batch_size: int = 64,
+) -> dict[str, float]:
+    """The accuracy of ranking each pair by the policy's own likelihood, with no training.
+
+    The baseline a reward model initialised from ``policy`` should beat: the policy already
+    ranks answers it knows above answers it does not. A reward model below it has lost, in
+    training its scalar head, knowledge that its backbone had.
+    """
+    return ranking_accuracy_by_rating(
+        lambda prompts, responses: response_log_likelihoods(policy, tokenizer, prompts, responses),
+        pairs,
+        batch_size,
+    )
 
 
 def train_reward_model(config: RewardModelConfig) -> RewardModelResult:

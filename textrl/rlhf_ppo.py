@@ -57,7 +57,7 @@ from textrl.reward_baseline import BaselinedReward
 from textrl.sampling import SamplingConfig
 from textrl.sft import CHECKPOINT_PREFIX, checkpoints, save_checkpoint
 from textrl.world.annotator import category_of, gold_value
-from textrl.world.evaluation import GREEDY, evaluate_responses
+from textrl.world.evaluation import GREEDY, GoldReward, evaluate_responses
 from textrl.world.splits import split_tasks
 from textrl.world.tasks import Task, all_tasks, judge
 
@@ -82,8 +82,8 @@ class RLHFConfig:
 
     policy: str
     """SFT checkpoint (HF directory, .gguf or 'smollm2'): the initial policy and the reference."""
-    helpfulness_rm: str
-    """Helpfulness reward-model checkpoint (``textrl rm``)."""
+    helpfulness_rm: str | None
+    """Helpfulness reward-model checkpoint (``textrl rm``); None with ``gold_reward``."""
     output_dir: Path
     """Checkpoints, TensorBoard logs and the report."""
     safety_rm: str | None = None
@@ -121,6 +121,10 @@ class RLHFConfig:
     """Horizon of the adaptive controller, in episodes."""
     kl_estimator: KLEstimator = "k1"
     whiten_rewards: bool = False
+    gold_reward: bool = False
+    """Score with the synthetic world's gold judges instead of reward models (world prompts
+    only): Gao et al.'s gold model, which separates what PPO can gain from what a learned
+    reward model's errors cost."""
     greedy_baseline: bool = False
     """Subtract from each score the prompt's score of the initial policy's greedy response
     (``textrl.reward_baseline``, ReMax): removes the reward model's per-prompt offsets."""
@@ -213,12 +217,43 @@ def build_reward(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
 ) -> RewardFunction:
-    """The combined reward, whitened on the initial policy's samples of calibration prompts,
-    and with ``greedy_baseline`` less each prompt's score of the initial greedy response."""
+    """The combined reward, whitened on the initial policy's samples of calibration prompts
+    (or the gold judges' scores with ``gold_reward``), and with ``greedy_baseline`` less each
+    prompt's score of the initial greedy response."""
+    reward = (
+        _gold_reward(prompt_set)
+        if config.gold_reward
+        else _combined_reward(config, prompt_set, model, tokenizer)
+    )
+    if not config.greedy_baseline:
+        return reward
+    # every prompt the reward will see: training, and the gold evaluation's (its proxy column)
+    prompts = prompt_set.prompts + [t.prompt for t in prompt_set.evaluation_tasks or []]
+    greedy = generate_responses(model, tokenizer, prompts, GREEDY, config.max_new_tokens)
+    return BaselinedReward(reward, prompts, greedy)
+
+
+def _gold_reward(prompt_set: PromptSet) -> GoldReward:
+    if prompt_set.tasks is None:
+        raise ValueError(
+            "gold_reward scores with the synthetic world's judges: train on the world's "
+            "prompts (no prompts file)"
+        )
+    return GoldReward(all_tasks())
+
+
+def _combined_reward(
+    config: RLHFConfig,
+    prompt_set: PromptSet,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+) -> CombinedReward:
+    if config.helpfulness_rm is None:
+        raise ValueError("give a helpfulness reward model, or use the gold reward")
     rng = np.random.default_rng(config.seed)
     chosen = rng.integers(0, len(prompt_set.prompts), config.calibration_prompts)
     torch.manual_seed(config.seed)
-    combined = CombinedReward.calibrated_on_policy(
+    return CombinedReward.calibrated_on_policy(
         config.helpfulness_rm,
         config.safety_rm,
         prompt_set.is_safety,
@@ -228,12 +263,6 @@ def build_reward(
         config.max_new_tokens,
         config.device,
     )
-    if not config.greedy_baseline:
-        return combined
-    # every prompt the reward will see: training, and the gold evaluation's (its proxy column)
-    prompts = prompt_set.prompts + [t.prompt for t in prompt_set.evaluation_tasks or []]
-    greedy = generate_responses(model, tokenizer, prompts, GREEDY, config.max_new_tokens)
-    return BaselinedReward(combined, prompts, greedy)
 
 
 ADAM_BETAS = (0.9, 0.95)
@@ -590,8 +619,13 @@ def write_rlhf_report(config: RLHFConfig, result: RLHFResult) -> Path:
         ],
     )
     sections = [
-        f"Policy `{config.policy}`, reward models `{config.helpfulness_rm}`"
-        + (f" and `{config.safety_rm}`" if config.safety_rm else "")
+        f"Policy `{config.policy}`, "
+        + (
+            "reward: the world's gold judges"
+            if config.gold_reward
+            else f"reward models `{config.helpfulness_rm}`"
+            + (f" and `{config.safety_rm}`" if config.safety_rm else "")
+        )
         + f"; {config.iterations} iterations of {config.batch_size} episodes, "
         f"checkpoint `{result.checkpoint}`.",
         "Rollout rewards are means over the iteration's sampled responses (temperature "

@@ -6,7 +6,8 @@ one scale; gold numbers come from the synthetic world's judges.
 
 - Figure 7: max and median reward among N samples as N grows (SFT, last version).
 - Figure 8: max reward among N samples against temperature, per version.
-- Table 8: reward-model accuracy per rating, per round, beside the Bayes ceiling.
+- Table 8: reward-model accuracy per rating, per round, beside the Bayes ceiling and the
+  accuracy of ranking by the SFT policy's likelihood.
 - Figure 20: reward distribution per version.
 - Gold helpfulness, safety and win rates of every version (vs SFT, vs previous).
 - KL of best-of-N from the SFT policy against the analytic log N - (N-1)/N.
@@ -130,17 +131,25 @@ def _versions_table(versions: Mapping[str, Mapping[str, Any]]) -> str:
 
 
 def _accuracy_table(rounds: Mapping[str, Mapping[str, Any]]) -> str:
+    """Per round and category, the reward model's accuracy, then the SFT policy's likelihood
+    ranking (the baseline the reward model starts from; absent in runs made before it)."""
     rows = []
     for name, round_result in rounds.items():
         ceilings = round_result["preferences"]["bayes_ceiling"]
         for category, model in round_result["reward_models"].items():
-            accuracy = model["test_accuracy"]
-            rows.append(
-                [name, category]
+            ceiling = ceilings.get(category, float("nan"))
+            rankers = [(category, model["test_accuracy"])]
+            if "policy_likelihood_test_accuracy" in model:
+                rankers.append(
+                    (f"{category}: SFT likelihood", model["policy_likelihood_test_accuracy"])
+                )
+            rows += [
+                [name, ranker]
                 + [accuracy.get(rating, float("nan")) for rating in (*RATINGS, "overall")]
-                + [ceilings.get(category, float("nan"))]
-            )
-    return markdown_table(["round", "reward model", *RATINGS, "overall", "Bayes ceiling"], rows)
+                + [ceiling]
+                for ranker, accuracy in rankers
+            ]
+    return markdown_table(["round", "ranked by", *RATINGS, "overall", "Bayes ceiling"], rows)
 
 
 def write_pipeline_report(

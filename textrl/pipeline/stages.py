@@ -35,6 +35,7 @@ from textrl.pipeline.config import PipelineConfig
 from textrl.reward_model import (
     RewardModelConfig,
     accuracy_by_rating,
+    likelihood_accuracy_by_rating,
     load_reward_model,
     train_reward_model,
 )
@@ -202,8 +203,9 @@ def reward_models_stage(
     config: PipelineConfig, sft_checkpoint: str, train: Path, test: Path, directory: Path
 ) -> dict[str, object]:
     """Helpfulness and safety reward models, initialised from SFT, and their test accuracy
-    per rating (Llama 2's Table 8)."""
+    per rating (Llama 2's Table 8), beside the accuracy of ranking by SFT's own likelihood."""
     test_pairs = read_preferences(test)
+    policy, policy_tokenizer = load_causal_lm(sft_checkpoint, device=config.device)
     result: dict[str, object] = {}
     for category in CATEGORIES:
         trained = train_reward_model(
@@ -227,6 +229,9 @@ def reward_models_stage(
         result[category] = {
             "checkpoint": str(trained.checkpoint),
             "test_accuracy": accuracy_by_rating(model, tokenizer, pairs) if pairs else {},
+            "policy_likelihood_test_accuracy": (
+                likelihood_accuracy_by_rating(policy, policy_tokenizer, pairs) if pairs else {}
+            ),
         }
     return result
 
