@@ -32,6 +32,7 @@ from textrl.reward_model import (
     ranking_accuracy_by_rating,
     response_log_likelihoods,
     train_reward_model,
+    training_pairs,
 )
 from textrl.sft import SFTConfig, checkpoints, save_checkpoint, train_sft
 from textrl.sft_data import pack, packed_attention_mask, read_conversations, tokenize_conversation
@@ -306,6 +307,33 @@ def test_ranking_accuracy_per_rating_on_hand_scores():
     by_length = lambda prompts, responses: torch.tensor([float(len(r)) for r in responses])  # noqa: E731
     accuracy = ranking_accuracy_by_rating(by_length, pairs, batch_size=2)
     assert accuracy == {"better": 0.5, "significantly better": 0.5, "overall": 0.5}
+
+
+def test_the_other_categorys_share_of_training_pairs_is_drawn_as_asked(tmp_path):
+    def pair(category: str, index: int) -> PreferencePair:
+        return PreferencePair(f"p{index}", "a", "b", "better", category, False, "x", "y")
+
+    pairs = [pair("safety", i) for i in range(9)] + [pair("helpfulness", i) for i in range(5)]
+    config = RewardModelConfig(policy="", train=tmp_path / "t.jsonl", output_dir=tmp_path)
+
+    def drawn(category: str, share: float, seed: int = 0) -> list[PreferencePair]:
+        chosen = training_pairs(
+            pairs,
+            dataclasses.replace(config, category=category, other_category_share=share, seed=seed),
+        )
+        assert all(p.category == category for p in chosen[:9])  # its own pairs first, all
+        return chosen
+
+    assert drawn("safety", 0.0) == pairs[:9]
+    mixed = drawn("safety", 0.1)  # 10% of 10 pairs: 9 safety + 1 helpfulness
+    assert len(mixed) == 10 and mixed[-1].category == "helpfulness"
+    assert mixed == drawn("safety", 0.1) and len(drawn("safety", 0.5)) == 9 + 5  # all there are
+    by_seed = {tuple(p.prompt for p in drawn("safety", 0.3, seed=seed)[9:]) for seed in range(8)}
+    assert len(by_seed) > 1  # the seed picks which
+    with pytest.raises(ValueError, match="other_category_share"):
+        drawn("safety", 1.0)
+    with pytest.raises(ValueError, match=r"t\.jsonl: no pairs of category 'neither'"):
+        drawn("neither", 0.1)
 
 
 def test_saving_a_step_again_replaces_its_checkpoint(tmp_path):

@@ -174,6 +174,7 @@ def _reward_model(args: argparse.Namespace) -> None:
         margin=args.margin,
         epochs=args.epochs,
         center_coefficient=args.center_coefficient,
+        other_category_share=args.other_category_share,
         learning_rate=args.learning_rate,
         batch_size=args.batch_size,
         seed=args.seed,
@@ -369,6 +370,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.0,
         help="weight of mean((r_chosen + r_rejected)^2), which pulls per-prompt offsets to 0",
+    )
+    reward.add_argument(
+        "--other-category-share",
+        type=float,
+        default=0.0,
+        help="share of pairs from the other category (Llama 2's safety model: 0.1 helpfulness)",
     )
     reward.add_argument("--learning-rate", type=float, default=1e-5)
     reward.add_argument("--batch-size", type=int, default=16)

@@ -65,6 +65,11 @@ class RewardModelConfig:
     margin: MarginTable = "small"
     """Margin table: none, small or large (Llama 2 Table 27)."""
     epochs: int = 1
+    other_category_share: float = 0.0
+    """Share of the training pairs drawn (seeded) from the other category, labels as they
+    are. Llama 2 trained its safety model on 90% safety and 10% helpfulness pairs, which
+    shows it ordinary answers to ordinary prompts: without them its score there is an
+    extrapolation, and the 0.15 gate of the combined reward fires on harmless answers."""
     center_coefficient: float = 0.0
     """Weight of ``reward_centering_penalty`` added to the ranking loss (0: Llama 2's loss)."""
     learning_rate: float = 1e-5
@@ -251,6 +256,25 @@ def likelihood_accuracy_by_rating(
     )
 
 
+def training_pairs(
+    pairs: Sequence[PreferencePair], config: RewardModelConfig
+) -> list[PreferencePair]:
+    """``config.category``'s pairs plus, drawn with ``config.seed``, enough pairs of the other
+    category to make ``config.other_category_share`` of the whole (as many as there are)."""
+    if not 0.0 <= config.other_category_share < 1.0:
+        raise ValueError(
+            f"other_category_share must be in [0, 1), got {config.other_category_share}"
+        )
+    own = [p for p in pairs if p.category == config.category]
+    if not own:
+        raise ValueError(f"{config.train}: no pairs of category {config.category!r}")
+    others = [p for p in pairs if p.category != config.category]
+    share = config.other_category_share
+    count = min(len(others), round(share / (1.0 - share) * len(own)))
+    chosen = torch.randperm(len(others), generator=torch.Generator().manual_seed(config.seed))
+    return own + [others[i] for i in chosen[:count].tolist()]
+
+
 def train_reward_model(config: RewardModelConfig) -> RewardModelResult:
     """Train on ``config.category``'s pairs of ``config.train``; returns the checkpoint.
 
@@ -258,9 +282,7 @@ def train_reward_model(config: RewardModelConfig) -> RewardModelResult:
     """
     context = distributed.setup(config.device)
     torch.manual_seed(config.seed)  # the same scalar head on every rank
-    pairs = [p for p in read_preferences(config.train) if p.category == config.category]
-    if not pairs:
-        raise ValueError(f"{config.train}: no pairs of category {config.category!r}")
+    pairs = training_pairs(read_preferences(config.train), config)
     model, tokenizer = load_reward_model(config.policy, context.device)
     # tokenized once (and checked for length up front), not again in every step and epoch
     prompts = [p.prompt for p in pairs]

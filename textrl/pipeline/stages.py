@@ -207,18 +207,23 @@ def reward_models_stage(
     test_pairs = read_preferences(test)
     policy, policy_tokenizer = load_causal_lm(sft_checkpoint, device=config.device)
     result: dict[str, object] = {}
+    settings = config.reward_model
     for category in CATEGORIES:
+        safety = category == "safety"
         trained = train_reward_model(
             RewardModelConfig(
                 policy=sft_checkpoint,
                 train=train,
                 output_dir=directory / category,
                 category=category,
-                margin=config.reward_model.margin,
-                epochs=config.reward_model.epochs,
-                center_coefficient=config.reward_model.center_coefficient,
-                learning_rate=config.reward_model.learning_rate,
-                batch_size=config.reward_model.batch_size,
+                margin=settings.margin,
+                epochs=settings.epochs,
+                other_category_share=settings.safety_helpfulness_share if safety else 0.0,
+                center_coefficient=(
+                    settings.safety_center_coefficient if safety else settings.center_coefficient
+                ),
+                learning_rate=settings.learning_rate,
+                batch_size=settings.batch_size,
                 seed=config.seed,
                 device=config.device,
             )
