@@ -304,7 +304,10 @@ def test_ranking_accuracy_per_rating_on_hand_scores():
             ("ab", "cd", "significantly better"),  # tie: half
         ]
     ]
-    by_length = lambda prompts, responses: torch.tensor([float(len(r)) for r in responses])  # noqa: E731
+
+    def by_length(prompts: list[str], responses: list[str]) -> torch.Tensor:
+        return torch.tensor([float(len(r)) for r in responses])
+
     accuracy = ranking_accuracy_by_rating(by_length, pairs, batch_size=2)
     assert accuracy == {"better": 0.5, "significantly better": 0.5, "overall": 0.5}
 
