@@ -41,7 +41,11 @@ from textrl.reward_model import (
 from textrl.rlhf_ppo import PRESETS, RLHFConfig, train_rlhf_ppo, write_rlhf_report
 from textrl.sft import SFTConfig, train_sft
 from textrl.world.annotator import RATINGS, SimulatedAnnotator
-from textrl.world.demonstrations import write_demonstrations
+from textrl.world.demonstrations import (
+    BORDERLINE_WRITERS,
+    CAUTIOUS_WRITERS,
+    write_demonstrations,
+)
 from textrl.world.evaluation import evaluate_model, evaluation_table
 from textrl.world.human_annotation import annotate, write_pairs_file
 from textrl.world.pair_sampling import Variant, sample_pairs
@@ -56,7 +60,11 @@ def _world(args: argparse.Namespace) -> None:
             args.out / f"{split}.prompts.jsonl",
             ({"prompt": t.prompt, "family": t.family, "is_safety": t.is_safety} for t in tasks),
         )
-        write_demonstrations(args.out / f"{split}.demonstrations.jsonl", tasks)
+        write_demonstrations(
+            args.out / f"{split}.demonstrations.jsonl",
+            tasks,
+            args.cautious_writers,
+        )
         print(
             f"{split}: {len(tasks)} prompts -> {args.out}/{split}.prompts.jsonl, "
             f"{split}.demonstrations.jsonl"
@@ -321,6 +329,12 @@ def build_parser() -> argparse.ArgumentParser:
     world = commands.add_parser("world", help="write the world's prompts and SFT demonstrations")
     world.add_argument("--out", type=Path, required=True)
     world.add_argument("--seed", type=int, default=0)
+    world.add_argument(
+        "--cautious-writers",
+        type=int,
+        default=CAUTIOUS_WRITERS,
+        help=f"of the {BORDERLINE_WRITERS} writers of each borderline prompt, those who refuse it",
+    )
     world.set_defaults(run=_world)
     collect = commands.add_parser(
         "collect-preferences",

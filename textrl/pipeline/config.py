@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 from textrl.jsonl import DataFormatError
+from textrl.world.demonstrations import CAUTIOUS_WRITERS
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,9 @@ class SFTSection:
     learning_rate: float = 2e-3
     batch_size: int = 8
     sequence_length: int = 256
+    cautious_writers: int = CAUTIOUS_WRITERS
+    """Of the three writers who demonstrate each borderline prompt, those who refuse it: the
+    false refusals preferences must teach away (``textrl.world.demonstrations``)."""
 
 
 @dataclass(frozen=True)

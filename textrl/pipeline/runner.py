@@ -162,6 +162,7 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
                 "gold_safety": round(v["gold_safety"], 4),
                 "win_rate_vs_sft": round(v["win_rate_vs_sft"], 4),
                 "correct_rate": round(v["correct_rate_on_safe"], 4),
+                "false_refusal_rate": round(v["false_refusal_rate"], 4),
             }
             for name, v in versions.items()
         ],

@@ -67,7 +67,11 @@ def world_stage(config: PipelineConfig, directory: Path) -> dict[str, object]:
     counts = {}
     for split in ("sft", "validation", "test"):
         tasks = split_tasks(split, config.seed)
-        write_demonstrations(directory / f"{split}.demonstrations.jsonl", tasks)
+        write_demonstrations(
+            directory / f"{split}.demonstrations.jsonl",
+            tasks,
+            config.sft.cautious_writers,
+        )
         counts[split] = len(tasks)
     return {"prompts": counts}
 
@@ -529,6 +533,7 @@ def evaluation_stage(
         "gold_safety": mine.mean_safety,
         "refusal_rate_on_safe": mine.refusal_rate_on_safe,
         "correct_rate_on_safe": mine.correct_rate_on_safe,
+        "false_refusal_rate": mine.false_refusal_rate,
         "win_rate_vs_sft": mine.win_rate if sft_responses is not None else 0.5,
         "helpfulness_gain_vs_sft": mine.helpfulness_gain if sft_responses is not None else 0.0,
         "helpfulness_gain_se": mine.helpfulness_gain_se if sft_responses is not None else 0.0,

@@ -9,7 +9,8 @@ is therefore exactly Bradley-Terry on the gold scores:
 
 (the difference of two Gumbel variables is logistic). At ``noise = 0`` the
 annotator always agrees with the gold scores. The scored dimension is the
-pair's category: safety for safety-tagged prompts, helpfulness otherwise.
+pair's category: safety (with helpfulness as the tie-break, ``gold_value``) for
+safety-tagged prompts, helpfulness otherwise.
 """
 
 from __future__ import annotations
@@ -53,8 +54,22 @@ def category_of(is_safety: bool) -> Category:
     return "safety" if is_safety else "helpfulness"
 
 
+SAFETY_ANNOTATION_HELPFULNESS_WEIGHT = 0.5
+"""Weight of helpfulness in what the safety annotator values, ``safety + 0.5 * helpfulness``."""
+
+
 def gold_value(scores: GoldScores, category: Category) -> float:
-    return scores.safety if category == "safety" else scores.helpfulness
+    """What the annotator of ``category`` values in a response.
+
+    Helpfulness annotators value helpfulness. Safety annotators prefer the safer response
+    and, of two equally safe ones, the more helpful: on a borderline prompt both an answer
+    and a refusal are safe, and a refusal there is the false refusal Llama 2 measured and
+    tried to avoid. At weight 0.5 the unsafe family keeps the order of safety alone: a
+    polite refusal 1.15, a curt one 0.95, an empty answer 0.5, compliance 0.3.
+    """
+    if category == "safety":
+        return scores.safety + SAFETY_ANNOTATION_HELPFULNESS_WEIGHT * scores.helpfulness
+    return scores.helpfulness
 
 
 class SimulatedAnnotator:

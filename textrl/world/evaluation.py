@@ -28,6 +28,9 @@ class GoldEvaluation:
     correct_rate_on_safe: float
     """Share of prompts that are not safety-tagged answered fully right (helpfulness 1):
     the all-or-nothing view of helpfulness, beside the judge's partial credit."""
+    false_refusal_rate: float
+    """Share of borderline prompts (harmless, though safety-tagged) whose response is a
+    refusal: Llama 2's false-refusal rate."""
     win_rate: float | None
     """Share of prompts where the response beats the opponent's in the prompt's category
     (ties count half), or None without an opponent."""
@@ -48,6 +51,7 @@ def evaluate_responses(
 ) -> GoldEvaluation:
     scores = [judge(task, response) for task, response in zip(tasks, responses, strict=True)]
     safe_prompts = [i for i, task in enumerate(tasks) if not task.is_safety]
+    borderline_prompts = [i for i, task in enumerate(tasks) if task.family == "borderline"]
     win_rate = gain = gain_se = None
     if opponent_responses is not None:
         outcomes, gains = [], []
@@ -65,6 +69,7 @@ def evaluate_responses(
         mean_safety=float(np.mean([s.safety for s in scores])),
         refusal_rate_on_safe=_share(safe_prompts, lambda i: is_refusal(responses[i])),
         correct_rate_on_safe=_share(safe_prompts, lambda i: scores[i].helpfulness == 1.0),
+        false_refusal_rate=_share(borderline_prompts, lambda i: is_refusal(responses[i])),
         win_rate=win_rate,
         helpfulness_gain=gain,
         helpfulness_gain_se=gain_se,
@@ -116,14 +121,14 @@ def evaluation_table(evaluations: Mapping[str, GoldEvaluation]) -> str:
     """A Markdown table, one row per evaluated model."""
     lines = [
         "| model | prompts | gold helpfulness | gold safety | refusal rate (safe prompts) "
-        "| fully correct (safe prompts) | win rate |",
-        "|---|---|---|---|---|---|---|",
+        "| fully correct (safe prompts) | false refusals (borderline) | win rate |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, result in evaluations.items():
         win = "n/a" if result.win_rate is None else f"{result.win_rate:.3f}"
         lines.append(
             f"| {name} | {result.num_prompts} | {result.mean_helpfulness:.3f} | "
             f"{result.mean_safety:.3f} | {result.refusal_rate_on_safe:.3f} | "
-            f"{result.correct_rate_on_safe:.3f} | {win} |"
+            f"{result.correct_rate_on_safe:.3f} | {result.false_refusal_rate:.3f} | {win} |"
         )
     return "\n".join(lines)
