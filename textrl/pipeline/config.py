@@ -30,7 +30,7 @@ class ModelSection:
 class SFTSection:
     epochs: int = 60
     """Over the SFT prompts' demonstrations (half the train prompts, Llama 2 kept SFT data
-    and RLHF prompts apart): 360 steps at batch 8 on the tiny model."""
+    and RLHF prompts apart): 720 steps at batch 8 on the tiny model."""
     learning_rate: float = 2e-3
     batch_size: int = 8
     sequence_length: int = 256
