@@ -34,6 +34,7 @@ batch_size = 16
 [preferences]
 pairs_per_round = 48
 safety_pairs_per_round = 24
+red_team_pairs_per_round = 12
 evaluation_pairs = 24
 
 [rejection_sampling]
@@ -87,6 +88,8 @@ def test_the_pipeline_runs_every_stage_and_writes_its_report(tmp_path):
     round1 = (out / "round1/preferences/train.jsonl").read_text().splitlines()
     round2 = (out / "round2/preferences/train.jsonl").read_text().splitlines()
     assert round2[: len(round1)] == round1 and len(round2) > len(round1)
+    elicited = [json.loads(line) for line in round1 if '"red-team:' in line]
+    assert elicited and all(pair["category"] == "safety" for pair in elicited)
     kept_rounds = {
         json.loads(line)["round"] for line in open(out / "round2/rejection_sampling/kept.jsonl")
     }

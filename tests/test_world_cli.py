@@ -10,10 +10,13 @@ from textrl.cli import main
 from textrl.jsonl import read_jsonl
 from textrl.models import load_causal_lm, tiny_llama
 from textrl.tokenization import build_char_tokenizer
+from textrl.world import red_team
+from textrl.world.annotator import SimulatedAnnotator
 from textrl.world.human_annotation import LABEL_FIELDS, annotate
 from textrl.world.pair_sampling import Variant, sample_pairs
-from textrl.world.preferences import read_preferences
+from textrl.world.preferences import annotate_pairs, read_preferences
 from textrl.world.splits import split_tasks
+from textrl.world.tasks import REFUSAL
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +38,52 @@ def test_pairs_of_identical_responses_are_not_sent_to_annotators(checkpoint):
     pairs = sample_pairs(sampled, tasks, 20, seed=0, max_new_tokens=6)
     assert 0 < len(pairs.tasks) == len(pairs.first) == len(pairs.second_variant) <= 20
     assert all(a.strip() != b.strip() for a, b in zip(pairs.first, pairs.second, strict=True))
+
+
+def test_red_teamers_retry_until_the_model_complies_and_annotators_rank_it_last(
+    checkpoint, monkeypatch
+):
+    """A model that answers a lure only at its third try, and refuses harmful prompts: the
+    elicited side is that third answer, on the harmful prompt, and loses every comparison.
+    A model that never stops refusing leaves two identical refusals: no pair."""
+    attempts = 4
+
+    def third_try_answers(model, tokenizer, prompts, *args, **kwargs):
+        lure_index = iter(range(len(prompts)))
+        return [
+            REFUSAL
+            if prompt in harmful_prompts or next(lure_index) % attempts != 2
+            else f"Use it, {prompt}"
+            for prompt in prompts
+        ]
+
+    tasks = split_tasks("rlhf")
+    harmful = [t for t in tasks if t.family == "unsafe"]
+    lures = [t for t in tasks if t.family == "borderline"]
+    harmful_prompts = {t.prompt for t in harmful}
+    model, tokenizer = load_causal_lm(checkpoint)
+    variants = [Variant(name, model, tokenizer, 1.0) for name in ("a", "b")]
+    monkeypatch.setattr(red_team, "generate_responses", third_try_answers)
+    pairs = red_team.red_team_pairs(variants, harmful, lures, 30, seed=0, attempts=attempts)
+    assert len(pairs.tasks) == 30 and {t.family for t in pairs.tasks} == {"unsafe"}
+    assert pairs.first == [REFUSAL] * 30
+    lure_prompts = {t.prompt for t in lures}
+    assert all(text.removeprefix("Use it, ") in lure_prompts for text in pairs.second)
+    assert all(name in ("red-team:a", "red-team:b") for name in pairs.second_variant)
+    labelled = annotate_pairs(
+        pairs.tasks,
+        pairs.first,
+        pairs.second,
+        pairs.first_variant,
+        pairs.second_variant,
+        SimulatedAnnotator(noise=0.0),
+    )
+    assert all(p.chosen == REFUSAL and p.category == "safety" for p in labelled)
+
+    monkeypatch.setattr(
+        red_team, "generate_responses", lambda m, t, prompts, *a, **k: [REFUSAL] * len(prompts)
+    )
+    assert red_team.red_team_pairs(variants, harmful, lures, 30, seed=0).tasks == []
 
 
 def test_world_writes_prompts_and_demonstrations(tmp_path, capsys):

@@ -46,6 +46,10 @@ class PreferenceSection:
     responses are identical are then dropped, about half with the tiny model)."""
     safety_pairs_per_round: int = 1000
     """Fresh safety pairs (on safety-tagged prompts) in each round."""
+    red_team_pairs_per_round: int = 250
+    """Fresh safety pairs in each round that rank a model's reply to a harmful prompt against
+    the compliance a jailbreak elicits from it (``textrl.world.red_team``): without them
+    no pair shows the safety model a fluent compliance, and PPO learned to comply."""
     temperatures: list[float] = field(default_factory=lambda: [0.7, 1.5])
     noise: float = 0.1
     """The simulated annotator's Bradley-Terry noise."""
@@ -111,6 +115,9 @@ class EvaluationSection:
     kl_prompts: int = 24
     kl_samples_per_prompt: int = 128
     """Samples per prompt behind the best-of-N KL estimate (well above N = 16)."""
+    kl_temperatures: list[float] = field(default_factory=lambda: [1.0, 1.5])
+    """SFT's sampling temperatures for the best-of-N KL table: T = 1 (the policy itself)
+    and the preference pairs' high temperature, where samples are mostly distinct."""
 
 
 @dataclass(frozen=True)

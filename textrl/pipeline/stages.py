@@ -43,10 +43,11 @@ from textrl.rlhf_ppo import ADAM_BETAS, ADAM_EPS, RLHFConfig, train_rlhf_ppo
 from textrl.sampling import SamplingConfig
 from textrl.sft import SFTConfig, checkpoint_path, save_checkpoint, train_sft
 from textrl.tokenization import build_char_tokenizer
+from textrl.world import red_team
 from textrl.world.annotator import SimulatedAnnotator, bayes_accuracy
 from textrl.world.demonstrations import write_demonstrations
 from textrl.world.evaluation import GREEDY, evaluate_responses
-from textrl.world.pair_sampling import Variant, sample_pairs
+from textrl.world.pair_sampling import SampledPairs, Variant, sample_pairs
 from textrl.world.preferences import (
     PreferencePair,
     annotate_pairs,
@@ -113,24 +114,18 @@ def sft_stage(
     return {"checkpoint": str(result.checkpoint), "steps": result.steps}
 
 
-def _labelled_pairs(
-    config: PipelineConfig,
-    models: Sequence[tuple[str, str]],
-    tasks: Sequence[Task],
-    count: int,
-    seed: int,
-) -> list[PreferencePair]:
-    """``count`` pairs from (name, checkpoint) models at the configured temperatures,
-    labelled by the simulated annotator."""
+def _variants(config: PipelineConfig, models: Sequence[tuple[str, str]]) -> list[Variant]:
+    """Each (name, checkpoint) model at each of the configured pair temperatures."""
     variants = []
     for name, checkpoint in models:
         model, tokenizer = load_causal_lm(checkpoint, device=config.device)
         variants += [
             Variant(f"{name}@T{t:g}", model, tokenizer, t) for t in config.preferences.temperatures
         ]
-    pairs = sample_pairs(
-        variants, tasks, count, seed, config.evaluation.max_new_tokens, progress=True
-    )
+    return variants
+
+
+def _annotated(config: PipelineConfig, pairs: SampledPairs, seed: int) -> list[PreferencePair]:
     return annotate_pairs(
         pairs.tasks,
         pairs.first,
@@ -147,15 +142,35 @@ def _pairs_by_category(
     tasks: Sequence[Task],
     helpfulness_pairs: int,
     safety_pairs: int,
+    red_team_pairs: int,
     seed: int,
 ) -> list[PreferencePair]:
     """Helpfulness pairs on the prompts that are not safety-tagged and safety pairs on those
-    that are, collected separately as Llama 2 did (safety prompts are a small share)."""
+    that are, collected separately as Llama 2 did (safety prompts are a small share), then
+    ``red_team_pairs`` on the harmful prompts (``textrl.world.red_team``)."""
+    variants = _variants(config, models)
+    max_new_tokens = config.evaluation.max_new_tokens
     helpful = [t for t in tasks if not t.is_safety]
-    unsafe = [t for t in tasks if t.is_safety]
-    return _labelled_pairs(config, models, helpful, helpfulness_pairs, seed) + _labelled_pairs(
-        config, models, unsafe, safety_pairs, seed + 1
-    )
+    safety = [t for t in tasks if t.is_safety]
+    by_seed = {
+        seed: sample_pairs(
+            variants, helpful, helpfulness_pairs, seed, max_new_tokens, progress=True
+        ),
+        seed + 1: sample_pairs(
+            variants, safety, safety_pairs, seed + 1, max_new_tokens, progress=True
+        ),
+    }
+    if red_team_pairs:
+        by_seed[seed + 2] = red_team.red_team_pairs(
+            variants,
+            [t for t in tasks if t.family == "unsafe"],
+            [t for t in tasks if t.family == "borderline"],
+            red_team_pairs,
+            seed + 2,
+            max_new_tokens=max_new_tokens,
+            progress=True,
+        )
+    return [pair for key, pairs in by_seed.items() for pair in _annotated(config, pairs, key)]
 
 
 def preferences_stage(
@@ -175,6 +190,7 @@ def preferences_stage(
         split_tasks("rlhf", config.seed),
         settings.pairs_per_round,
         settings.safety_pairs_per_round,
+        settings.red_team_pairs_per_round,
         seed,
     )
     earlier = read_preferences(earlier_train) if earlier_train is not None else []
@@ -186,6 +202,7 @@ def preferences_stage(
         test_tasks,
         settings.evaluation_pairs,
         settings.evaluation_pairs // 2,
+        0,  # the test pairs stay the models' own, as the reward models' accuracy is read on them
         seed + 5,
     )
     write_preferences(directory / "test.jsonl", test)

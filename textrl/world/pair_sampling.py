@@ -74,11 +74,28 @@ def sample_pairs(
         for (pair, side), text in zip(slots, texts, strict=True):
             responses[pair, side] = text
     names = [variant.name for variant in variants]
-    distinct = [i for i in range(count) if responses[i, 0].strip() != responses[i, 1].strip()]
+    return distinct_pairs(
+        chosen_tasks,
+        list(responses[:, 0]),
+        list(responses[:, 1]),
+        [names[i] for i in assignment[:, 0]],
+        [names[i] for i in assignment[:, 1]],
+    )
+
+
+def distinct_pairs(
+    tasks: Sequence[Task],
+    first: Sequence[str],
+    second: Sequence[str],
+    first_variant: Sequence[str],
+    second_variant: Sequence[str],
+) -> SampledPairs:
+    """The pairs whose two responses differ (the others are not sent to annotators)."""
+    keep = [i for i in range(len(tasks)) if first[i].strip() != second[i].strip()]
     return SampledPairs(
-        tasks=[chosen_tasks[i] for i in distinct],
-        first=[responses[i, 0] for i in distinct],
-        second=[responses[i, 1] for i in distinct],
-        first_variant=[names[assignment[i, 0]] for i in distinct],
-        second_variant=[names[assignment[i, 1]] for i in distinct],
+        tasks=[tasks[i] for i in keep],
+        first=[first[i] for i in keep],
+        second=[second[i] for i in keep],
+        first_variant=[first_variant[i] for i in keep],
+        second_variant=[second_variant[i] for i in keep],
     )
