@@ -11,10 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from textrl.jsonl import DataFormatError
 from textrl.models import tiny_llama
-from textrl.pipeline import load_pipeline_config, run_pipeline
+from textrl.pipeline import load_pipeline_config, run_pipeline, stages
 from textrl.pipeline.runner import LEDGER_FILE
 from textrl.tokenization import build_char_tokenizer
 
@@ -96,6 +97,23 @@ def test_the_pipeline_runs_every_stage_and_writes_its_report(tmp_path):
     assert kept_rounds == {0, 1}  # pipeline rounds 1 and 2, counted from 0
     report = (out / "report/report.md").read_text()
     assert "Table 8" in report and "log N - (N-1)/N" in report
+
+
+def test_preference_pairs_do_not_depend_on_what_ran_before(tmp_path):
+    """A run resumed after SFT must collect the pairs that an uninterrupted run, whose SFT
+    consumed the random stream, collects."""
+    policy = tmp_path / "policy"
+    tokenizer = build_char_tokenizer()
+    tiny_llama(tokenizer, hidden_size=32, num_layers=1, num_heads=2).save_pretrained(policy)
+    tokenizer.save_pretrained(policy)
+    config = load_pipeline_config(toy_config_file(tmp_path))
+    written = []
+    for earlier_draws in (0, 1000):
+        torch.rand(earlier_draws)
+        directory = tmp_path / f"after-{earlier_draws}-draws"
+        stages.preferences_stage(config, 1, [("SFT", str(policy))], None, directory)
+        written.append((directory / "train.jsonl").read_text())
+    assert written[0] == written[1] and '"red-team:' in written[0]
 
 
 @pytest.mark.slow

@@ -147,7 +147,9 @@ def _pairs_by_category(
 ) -> list[PreferencePair]:
     """Helpfulness pairs on the prompts that are not safety-tagged and safety pairs on those
     that are, collected separately as Llama 2 did (safety prompts are a small share), then
-    ``red_team_pairs`` on the harmful prompts (``textrl.world.red_team``)."""
+    ``red_team_pairs`` on the harmful prompts (``textrl.world.red_team``). Seeded here, so
+    that a resumed run samples the same pairs as one that trained SFT in the same process."""
+    torch.manual_seed(seed)
     variants = _variants(config, models)
     max_new_tokens = config.evaluation.max_new_tokens
     helpful = [t for t in tasks if not t.is_safety]
