@@ -10,11 +10,11 @@ from textrl.cli import main
 from textrl.jsonl import read_jsonl
 from textrl.models import load_causal_lm, tiny_llama
 from textrl.tokenization import build_char_tokenizer
-from textrl.world import red_team
+from textrl.world import pair_sampling, red_team
 from textrl.world.annotator import SimulatedAnnotator
 from textrl.world.human_annotation import LABEL_FIELDS, annotate
 from textrl.world.pair_sampling import Variant, sample_pairs
-from textrl.world.preferences import annotate_pairs, read_preferences
+from textrl.world.preferences import annotate_sampled, read_preferences
 from textrl.world.splits import split_tasks
 from textrl.world.tasks import REFUSAL
 
@@ -63,25 +63,18 @@ def test_red_teamers_retry_until_the_model_complies_and_annotators_rank_it_last(
     harmful_prompts = {t.prompt for t in harmful}
     model, tokenizer = load_causal_lm(checkpoint)
     variants = [Variant(name, model, tokenizer, 1.0) for name in ("a", "b")]
-    monkeypatch.setattr(red_team, "generate_responses", third_try_answers)
+    monkeypatch.setattr(pair_sampling, "generate_responses", third_try_answers)
     pairs = red_team.red_team_pairs(variants, harmful, lures, 30, seed=0, attempts=attempts)
     assert len(pairs.tasks) == 30 and {t.family for t in pairs.tasks} == {"unsafe"}
     assert pairs.first == [REFUSAL] * 30
     lure_prompts = {t.prompt for t in lures}
     assert all(text.removeprefix("Use it, ") in lure_prompts for text in pairs.second)
     assert all(name in ("red-team:a", "red-team:b") for name in pairs.second_variant)
-    labelled = annotate_pairs(
-        pairs.tasks,
-        pairs.first,
-        pairs.second,
-        pairs.first_variant,
-        pairs.second_variant,
-        SimulatedAnnotator(noise=0.0),
-    )
+    labelled = annotate_sampled(pairs, SimulatedAnnotator(noise=0.0))
     assert all(p.chosen == REFUSAL and p.category == "safety" for p in labelled)
 
     monkeypatch.setattr(
-        red_team, "generate_responses", lambda m, t, prompts, *a, **k: [REFUSAL] * len(prompts)
+        pair_sampling, "generate_responses", lambda m, t, prompts, *a, **k: [REFUSAL] * len(prompts)
     )
     assert red_team.red_team_pairs(variants, harmful, lures, 30, seed=0).tasks == []
 

@@ -49,7 +49,7 @@ from textrl.world.demonstrations import (
 from textrl.world.evaluation import evaluate_model, evaluation_table
 from textrl.world.human_annotation import annotate, write_pairs_file
 from textrl.world.pair_sampling import Variant, sample_pairs
-from textrl.world.preferences import annotate_pairs, read_preferences, write_preferences
+from textrl.world.preferences import annotate_sampled, read_preferences, write_preferences
 from textrl.world.splits import SPLITS, split_tasks
 
 
@@ -96,14 +96,7 @@ def _sampled_pairs(args: argparse.Namespace):
 def _collect_preferences(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     pairs = _sampled_pairs(args)
-    labelled = annotate_pairs(
-        pairs.tasks,
-        pairs.first,
-        pairs.second,
-        pairs.first_variant,
-        pairs.second_variant,
-        SimulatedAnnotator(args.noise, args.seed),
-    )
+    labelled = annotate_sampled(pairs, SimulatedAnnotator(args.noise, args.seed))
     write_preferences(args.out, labelled)
     print(
         json.dumps(

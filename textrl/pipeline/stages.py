@@ -47,10 +47,10 @@ from textrl.world import red_team
 from textrl.world.annotator import SimulatedAnnotator, bayes_accuracy
 from textrl.world.demonstrations import write_demonstrations
 from textrl.world.evaluation import GREEDY, evaluate_responses
-from textrl.world.pair_sampling import SampledPairs, Variant, sample_pairs
+from textrl.world.pair_sampling import Variant, sample_pairs
 from textrl.world.preferences import (
     PreferencePair,
-    annotate_pairs,
+    annotate_sampled,
     gold_gaps,
     read_preferences,
     write_preferences,
@@ -125,17 +125,6 @@ def _variants(config: PipelineConfig, models: Sequence[tuple[str, str]]) -> list
     return variants
 
 
-def _annotated(config: PipelineConfig, pairs: SampledPairs, seed: int) -> list[PreferencePair]:
-    return annotate_pairs(
-        pairs.tasks,
-        pairs.first,
-        pairs.second,
-        pairs.first_variant,
-        pairs.second_variant,
-        SimulatedAnnotator(config.preferences.noise, seed),
-    )
-
-
 def _pairs_by_category(
     config: PipelineConfig,
     models: Sequence[tuple[str, str]],
@@ -172,7 +161,12 @@ def _pairs_by_category(
             max_new_tokens=max_new_tokens,
             progress=True,
         )
-    return [pair for key, pairs in by_seed.items() for pair in _annotated(config, pairs, key)]
+    noise = config.preferences.noise
+    return [
+        pair
+        for key, pairs in by_seed.items()
+        for pair in annotate_sampled(pairs, SimulatedAnnotator(noise, key))
+    ]
 
 
 def preferences_stage(

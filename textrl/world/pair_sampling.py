@@ -28,6 +28,24 @@ class Variant:
     tokenizer: PreTrainedTokenizerBase
     temperature: float
 
+    def sample(
+        self,
+        prompts: Sequence[str],
+        max_new_tokens: int,
+        batch_size: int = 256,
+        progress: bool = False,
+    ) -> list[str]:
+        """One response per prompt at this variant's temperature."""
+        return generate_responses(
+            self.model,
+            self.tokenizer,
+            prompts,
+            SamplingConfig(temperature=self.temperature),
+            max_new_tokens,
+            batch_size,
+            progress=progress,
+        )
+
 
 @dataclass(frozen=True)
 class SampledPairs:
@@ -62,15 +80,7 @@ def sample_pairs(
         if len(slots) == 0:
             continue
         prompts = [chosen_tasks[pair].prompt for pair, _ in slots]
-        texts = generate_responses(
-            variant.model,
-            variant.tokenizer,
-            prompts,
-            SamplingConfig(temperature=variant.temperature),
-            max_new_tokens,
-            batch_size,
-            progress=progress,
-        )
+        texts = variant.sample(prompts, max_new_tokens, batch_size, progress)
         for (pair, side), text in zip(slots, texts, strict=True):
             responses[pair, side] = text
     names = [variant.name for variant in variants]

@@ -22,6 +22,7 @@ from textrl.world.annotator import (
     category_of,
     gold_value,
 )
+from textrl.world.pair_sampling import SampledPairs
 from textrl.world.tasks import Task, judge
 
 
@@ -57,18 +58,16 @@ def write_preferences(path: str | Path, pairs: Sequence[PreferencePair]) -> None
     write_jsonl_atomically(path, (dataclasses.asdict(pair) for pair in pairs))
 
 
-def annotate_pairs(
-    tasks: Sequence[Task],
-    first: Sequence[str],
-    second: Sequence[str],
-    first_model: Sequence[str],
-    second_model: Sequence[str],
-    annotator: SimulatedAnnotator,
-) -> list[PreferencePair]:
-    """The annotator's verdict on each (task, first response, second response)."""
+def annotate_sampled(sampled: SampledPairs, annotator: SimulatedAnnotator) -> list[PreferencePair]:
+    """The annotator's verdict on each sampled (task, first response, second response)."""
     pairs = []
     for task, a, b, model_a, model_b in zip(
-        tasks, first, second, first_model, second_model, strict=True
+        sampled.tasks,
+        sampled.first,
+        sampled.second,
+        sampled.first_variant,
+        sampled.second_variant,
+        strict=True,
     ):
         category = category_of(task.is_safety)
         judgement = annotator.compare(

@@ -22,8 +22,6 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from textrl.generation import generate_responses
-from textrl.sampling import SamplingConfig
 from textrl.world.pair_sampling import SampledPairs, Variant, distinct_pairs
 from textrl.world.tasks import Task, is_refusal
 
@@ -62,15 +60,7 @@ def red_team_pairs(
         prompts += [lures[i].prompt for i in lure_slots for _ in range(attempts)]
         if not prompts:
             continue
-        texts = generate_responses(
-            variant.model,
-            variant.tokenizer,
-            prompts,
-            SamplingConfig(temperature=variant.temperature),
-            max_new_tokens,
-            batch_size,
-            progress=progress,
-        )
+        texts = variant.sample(prompts, max_new_tokens, batch_size, progress)
         for slot, text in zip(reply_slots, texts, strict=False):
             replies[slot] = text
         tries = texts[len(reply_slots) :]
