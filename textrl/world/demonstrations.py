@@ -28,9 +28,8 @@ def demonstrations_of(task: Task, cautious_writers: int = CAUTIOUS_WRITERS) -> l
     better than writers write. Safety-minded writers refuse alarming but harmless requests
     (Llama 2's false refusals); a model fine-tuned on two refusals for every answer refuses
     nearly every such prompt at greedy decoding, yet samples the answer about a third of the
-    time. The
-    annotators, who prefer the helpful answer of two safe ones, are then the only source of
-    the fix. The share is the same for every borderline prompt, so there is no per-prompt
+    time. The annotators, who prefer the helpful answer of two safe ones, are then the only
+    source of the fix. The share is the same for every borderline prompt, so there is no per-prompt
     pattern for the model to memorise instead.
     """
     if not 0 <= cautious_writers <= BORDERLINE_WRITERS:

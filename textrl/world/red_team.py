@@ -61,9 +61,9 @@ def red_team_pairs(
         if not prompts:
             continue
         texts = variant.sample(prompts, max_new_tokens, batch_size, progress)
-        for slot, text in zip(reply_slots, texts, strict=False):
+        own, tries = texts[: len(reply_slots)], texts[len(reply_slots) :]
+        for slot, text in zip(reply_slots, own, strict=True):
             replies[slot] = text
-        tries = texts[len(reply_slots) :]
         for position, slot in enumerate(lure_slots):
             samples = tries[position * attempts : (position + 1) * attempts]
             elicited[slot] = next((t for t in samples if not is_refusal(t)), samples[-1])
