@@ -37,6 +37,7 @@ def task(family: str, prompt: str = "", answer: str = "", is_safety: bool = Fals
         ("capital", "What is the capital of Peru?", "Lima", "lima.", 1.0, 1.0),
         ("one_word", "Name a fruit in one word.", "fruit", "pear", 1.0, 1.0),
         ("one_word", "Name a fruit in one word.", "fruit", "a pear", 0.5, 1.0),
+        ("one_word", "Name a fruit in one word.", "fruit", "pear. Hope this helps!", 0.5, 1.0),
         ("one_word", "Name a fruit in one word.", "fruit", "red", 0.0, 1.0),
         ("list_three", "List three colors.", "color", "red, blue, green", 1.0, 1.0),
         ("list_three", "List three colors.", "color", "red, blue", 2 / 3, 1.0),
@@ -87,27 +88,40 @@ def test_safety_annotators_prefer_the_safer_then_the_more_helpful_answer():
     assert gold_value(answer, "safety") - gold_value(refusal, "safety") == pytest.approx(0.5)
 
 
-def test_cautious_writers_refuse_borderline_prompts_only(tmp_path):
+def test_flawed_writers_refuse_borderline_prompts_and_pad_harmless_answers(tmp_path):
     tasks = all_tasks()
     borderline = next(t for t in tasks if t.family == "borderline")
-    others = [t for t in tasks if t.family != "borderline"]
+    unsafe = next(t for t in tasks if t.family == "unsafe")
+    harmless = [t for t in tasks if not t.is_safety]
     assert demonstrations_of(borderline, cautious_writers=2) == [
         REFUSAL,
         REFUSAL,
         demonstration(borderline),
     ]
     assert demonstrations_of(borderline, cautious_writers=0) == [demonstration(borderline)] * 3
-    assert all(demonstrations_of(t, cautious_writers=3) == [demonstration(t)] for t in others)
-    with pytest.raises(ValueError, match="cautious writers"):
-        demonstrations_of(borderline, cautious_writers=4)
+    assert demonstrations_of(unsafe, cautious_writers=3, wordy_writers=3) == [REFUSAL] * 3
+    for t in harmless:
+        gold = demonstration(t)
+        assert demonstrations_of(t, cautious_writers=3, wordy_writers=1) == [
+            f"{gold}. Hope this helps!",
+            gold,
+            gold,
+        ]
+        # the padded answer is the flaw preferences can see: it always scores below the bare one
+        assert judge(t, f"{gold}. Hope this helps!").helpfulness < judge(t, gold).helpfulness == 1
+    for name in ("cautious", "wordy"):
+        with pytest.raises(ValueError, match=f"{name} writers"):
+            demonstrations_of(borderline, **{f"{name}_writers": 4})
     path = tmp_path / "demonstrations.jsonl"
-    write_demonstrations(path, [borderline, others[0]], cautious_writers=1)
+    write_demonstrations(path, [borderline, harmless[0]], cautious_writers=1, wordy_writers=2)
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     assert [(r["prompt"], r["answer"]) for r in rows] == [
         (borderline.prompt, REFUSAL),
         (borderline.prompt, demonstration(borderline)),
         (borderline.prompt, demonstration(borderline)),
-        (others[0].prompt, demonstration(others[0])),
+        (harmless[0].prompt, f"{demonstration(harmless[0])}. Hope this helps!"),
+        (harmless[0].prompt, f"{demonstration(harmless[0])}. Hope this helps!"),
+        (harmless[0].prompt, demonstration(harmless[0])),
     ]
 
 

@@ -87,6 +87,14 @@ def test_world_writes_prompts_and_demonstrations(tmp_path, capsys):
     prompts = read_jsonl(tmp_path / "test.prompts.jsonl", {"prompt": str, "is_safety": bool})
     assert len(demonstrations) > 200 and len(prompts) > 20
     assert any(record["is_safety"] for record in prompts)
+    padded = sum("Hope this helps!" in record["answer"] for record in demonstrations)
+    assert main(["world", "--out", str(tmp_path / "plain"), "--wordy-writers", "0"]) == 0
+    plain = read_jsonl(
+        tmp_path / "plain" / "train.demonstrations.jsonl", {"prompt": str, "answer": str}
+    )
+    assert padded > len(demonstrations) / 2
+    assert len(plain) == len(demonstrations)
+    assert not any("Hope this helps!" in record["answer"] for record in plain)
 
 
 def test_collect_preferences_writes_labelled_pairs(checkpoint, tmp_path, capsys):

@@ -42,8 +42,9 @@ from textrl.rlhf_ppo import PRESETS, RLHFConfig, train_rlhf_ppo, write_rlhf_repo
 from textrl.sft import SFTConfig, train_sft
 from textrl.world.annotator import RATINGS, SimulatedAnnotator
 from textrl.world.demonstrations import (
-    BORDERLINE_WRITERS,
     CAUTIOUS_WRITERS,
+    WORDY_WRITERS,
+    WRITERS,
     write_demonstrations,
 )
 from textrl.world.evaluation import evaluate_model, evaluation_table
@@ -64,6 +65,7 @@ def _world(args: argparse.Namespace) -> None:
             args.out / f"{split}.demonstrations.jsonl",
             tasks,
             args.cautious_writers,
+            args.wordy_writers,
         )
         print(
             f"{split}: {len(tasks)} prompts -> {args.out}/{split}.prompts.jsonl, "
@@ -326,7 +328,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--cautious-writers",
         type=int,
         default=CAUTIOUS_WRITERS,
-        help=f"of the {BORDERLINE_WRITERS} writers of each borderline prompt, those who refuse it",
+        help=f"of the {WRITERS} writers of each borderline prompt, those who refuse it",
+    )
+    world.add_argument(
+        "--wordy-writers",
+        type=int,
+        default=WORDY_WRITERS,
+        help=f"of the {WRITERS} writers of each harmless prompt, those who pad the answer",
     )
     world.set_defaults(run=_world)
     collect = commands.add_parser(

@@ -72,6 +72,7 @@ def world_stage(config: PipelineConfig, directory: Path) -> dict[str, object]:
             directory / f"{split}.demonstrations.jsonl",
             tasks,
             config.sft.cautious_writers,
+            config.sft.wordy_writers,
         )
         counts[split] = len(tasks)
     return {"prompts": counts}

@@ -1,5 +1,6 @@
-"""Demonstrations for SFT: gold answers, polite refusals for unsafe prompts, and the
-over-cautious writers' refusals of borderline prompts.
+"""Demonstrations for SFT, each prompt written by ``WRITERS`` writers: gold answers, polite
+refusals for unsafe prompts, the over-cautious writers' refusals of borderline prompts and
+the wordy writers' padded answers to the other prompts.
 
 JSONL, one object per line: ``prompt``, ``answer``, plus ``family`` and
 ``is_safety`` for analysis (the SFT reader needs only the first two).
@@ -13,37 +14,63 @@ from pathlib import Path
 from textrl.jsonl import write_jsonl_atomically
 from textrl.world.tasks import REFUSAL, Task, demonstration
 
-BORDERLINE_WRITERS = 3
-"""Writers who each demonstrate every borderline prompt."""
+WRITERS = 3
+"""Writers who each demonstrate every prompt."""
 CAUTIOUS_WRITERS = 2
-"""Of those, the writers who refuse it out of caution (the default)."""
+"""Of those, the writers who refuse a borderline prompt out of caution (the default)."""
+WORDY_WRITERS = 2
+"""Of those, the writers who wrap the answer to a harmless prompt in a sentence (the
+default)."""
 
 
-def demonstrations_of(task: Task, cautious_writers: int = CAUTIOUS_WRITERS) -> list[str]:
-    """The demonstrations written for ``task``: one gold answer, except for a borderline
-    prompt, which all ``BORDERLINE_WRITERS`` writers answer and ``cautious_writers`` of them
-    with a refusal.
+WORDY_SIGN_OFF = "Hope this helps!"
 
-    Why a flawed demonstrator: Llama 2's RLHF gains came from what annotators can judge
+
+def wordy(answer: str) -> str:
+    """A wordy writer's answer: the gold answer followed by a chatty sign-off, which the gold
+    judge credits 0.5-0.67 instead of 1 (``textrl.world.tasks.judge``).
+
+    After the answer, not before it: a lead-in ("The answer is 12.") puts words between
+    the question and the answer, and the tiny model, fine-tuned on it, stopped learning
+    arithmetic (seed 0: 1% of harmless test prompts answered right at greedy decoding,
+    against 49% without wordy writers)."""
+    return f"{answer}. {WORDY_SIGN_OFF}"
+
+
+def demonstrations_of(
+    task: Task, cautious_writers: int = CAUTIOUS_WRITERS, wordy_writers: int = WORDY_WRITERS
+) -> list[str]:
+    """The ``WRITERS`` demonstrations written for ``task``. Every writer refuses an unsafe
+    prompt; ``cautious_writers`` of them refuse a borderline prompt, which the others answer;
+    ``wordy_writers`` of them pad the answer to any other prompt, which the others give alone.
+
+    Why flawed demonstrators: Llama 2's RLHF gains came from what annotators can judge
     better than writers write. Safety-minded writers refuse alarming but harmless requests
-    (Llama 2's false refusals); a model fine-tuned on two refusals for every answer refuses
-    nearly every such prompt at greedy decoding, yet samples the answer about a third of the
-    time. The annotators, who prefer the helpful answer of two safe ones, are then the only
-    source of the fix. The share is the same for every borderline prompt, so there is no per-prompt
-    pattern for the model to memorise instead.
+    (Llama 2's false refusals); wordy writers bury a short answer in a sentence, a flaw of
+    form that every family shares. A model fine-tuned on two flawed demonstrations for
+    every good one makes the flaw at greedy decoding, yet samples the good form about a
+    third of the time. The annotators, who prefer the helpful answer of two safe ones and
+    the bare answer to the padded one, are then the only source of the fix. The share is
+    the same for every prompt, so there is no per-prompt pattern for the model to memorise
+    instead. A flaw of form, unlike a flaw of knowledge, is one that a reward model learns
+    from a few thousand pairs and carries to held-out prompts.
     """
-    if not 0 <= cautious_writers <= BORDERLINE_WRITERS:
-        raise ValueError(
-            f"cautious writers must be in [0, {BORDERLINE_WRITERS}], got {cautious_writers}"
-        )
-    if task.family != "borderline":
-        return [demonstration(task)]
-    answers = BORDERLINE_WRITERS - cautious_writers
-    return [REFUSAL] * cautious_writers + [demonstration(task)] * answers
+    for name, flawed in (("cautious", cautious_writers), ("wordy", wordy_writers)):
+        if not 0 <= flawed <= WRITERS:
+            raise ValueError(f"{name} writers must be in [0, {WRITERS}], got {flawed}")
+    gold = demonstration(task)
+    if task.family == "unsafe":
+        return [gold] * WRITERS
+    if task.family == "borderline":
+        return [REFUSAL] * cautious_writers + [gold] * (WRITERS - cautious_writers)
+    return [wordy(gold)] * wordy_writers + [gold] * (WRITERS - wordy_writers)
 
 
 def write_demonstrations(
-    path: str | Path, tasks: Sequence[Task], cautious_writers: int = CAUTIOUS_WRITERS
+    path: str | Path,
+    tasks: Sequence[Task],
+    cautious_writers: int = CAUTIOUS_WRITERS,
+    wordy_writers: int = WORDY_WRITERS,
 ) -> None:
     write_jsonl_atomically(
         path,
@@ -55,6 +82,6 @@ def write_demonstrations(
                 "is_safety": task.is_safety,
             }
             for task in tasks
-            for answer in demonstrations_of(task, cautious_writers)
+            for answer in demonstrations_of(task, cautious_writers, wordy_writers)
         ),
     )

@@ -237,7 +237,7 @@ def _helpful_task_scores(response: str, correctness: float) -> GoldScores:
 
 
 def _one_word_correctness(response: str, category: str) -> float:
-    words = normalise(response).replace(",", " ").split()
+    words = [word for word in re.split(r"[^a-z]+", normalise(response)) if word]
     valid = [w for w in words if w in CATEGORIES[category]]
     if not valid:
         return 0.0
