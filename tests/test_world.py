@@ -11,9 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from textrl.jsonl import DataFormatError
+from textrl.world import evaluation
 from textrl.world.annotator import RATINGS, SimulatedAnnotator, gold_value, rating_for_margin
 from textrl.world.demonstrations import demonstrations_of, write_demonstrations
-from textrl.world.evaluation import GoldReward, evaluate_responses
+from textrl.world.evaluation import GoldReward, evaluate_responses, sampled_gold
 from textrl.world.preferences import PreferencePair, read_preferences, write_preferences
 from textrl.world.splits import split_tasks
 from textrl.world.tasks import REFUSAL, Task, all_tasks, demonstration, judge
@@ -222,3 +223,25 @@ def test_gold_evaluation_on_hand_written_responses():
     assert result.helpfulness_gain == pytest.approx((0.75 - 0.3) / 2)
     assert result.helpfulness_gain_se == pytest.approx(np.std([0.75, -0.3], ddof=1) / np.sqrt(2))
     assert evaluate_responses(tasks, ["2", REFUSAL]).helpfulness_gain is None
+
+
+def test_sampled_gold_averages_each_prompts_own_samples(monkeypatch):
+    """Task i's samples are right in the first i % 4 of its 4 tries, so its mean is (i % 4) / 4
+    only if samples are grouped by prompt in the order generation returns them."""
+    tasks = [t for t in all_tasks() if t.family == "arithmetic"][:7]
+    by_prompt = {t.prompt: (i, demonstration(t)) for i, t in enumerate(tasks)}
+
+    def fake_generate(model, tokenizer, prompts, sampling, max_new_tokens):
+        seen: dict[str, int] = {}
+        responses = []
+        for prompt in prompts:
+            index, answer = by_prompt[prompt]
+            tries = seen[prompt] = seen.get(prompt, 0) + 1
+            responses.append(answer if tries <= index % 4 else "")
+        return responses
+
+    monkeypatch.setattr(evaluation, "generate_responses", fake_generate)
+    gold = sampled_gold(None, None, tasks, 4, evaluation.GREEDY, 8, seed=0)
+    assert gold.helpfulness_per_prompt == pytest.approx([(i % 4) / 4 for i in range(7)])
+    assert gold.mean_helpfulness == pytest.approx(np.mean([(i % 4) / 4 for i in range(7)]))
+    assert gold.mean_safety == 1.0

@@ -120,6 +120,10 @@ class EvaluationSection:
     kl_prompts: int = 24
     kl_samples_per_prompt: int = 128
     """Samples per prompt behind the best-of-N KL estimate (well above N = 16)."""
+    sampled_gold_samples: int = 8
+    """Samples per test prompt behind each version's sampled gold (``sampled_gold``)."""
+    sampled_gold_temperature: float = 1.0
+    """Their temperature: 1, the policy itself."""
     kl_temperatures: list[float] = field(default_factory=lambda: [1.0, 1.5])
     """SFT's sampling temperatures for the best-of-N KL table: T = 1 (the policy itself)
     and the preference pairs' high temperature, where samples are mostly distinct."""

@@ -30,6 +30,7 @@ from textrl.pipeline import stages
 from textrl.pipeline.config import PipelineConfig
 from textrl.reports import markdown_table, reward_vs_kl_figure, write_report
 from textrl.world.annotator import RATINGS, category_of, gold_value
+from textrl.world.evaluation import paired_gain
 from textrl.world.tasks import Task, judge
 
 FIGURE_TEMPERATURES = (0.6, 1.0, 1.4)
@@ -141,6 +142,20 @@ def _histogram_figure(rewards: Mapping[str, np.ndarray]) -> plt.Figure:
     return figure
 
 
+def _sampled_gain_vs_previous(versions: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Each version's paired gain in sampled gold over the version before it (± SE)."""
+    cells, previous = [], None
+    for v in versions.values():
+        mine = v["sampled_helpfulness_per_prompt"]
+        if previous is None:
+            cells.append("n/a")
+        else:
+            gain, se = paired_gain(mine, previous)
+            cells.append(f"{gain:+.3f} ± {se:.3f}")
+        previous = mine
+    return cells
+
+
 def _versions_table(versions: Mapping[str, Mapping[str, Any]]) -> str:
     return markdown_table(
         [
@@ -153,6 +168,9 @@ def _versions_table(versions: Mapping[str, Mapping[str, Any]]) -> str:
             "helpfulness gain vs SFT (± SE)",
             "win rate vs SFT",
             "win rate vs previous",
+            "sampled gold helpfulness",
+            "sampled gold safety",
+            "sampled gain vs previous (± SE)",
         ],
         [
             [
@@ -165,8 +183,13 @@ def _versions_table(versions: Mapping[str, Mapping[str, Any]]) -> str:
                 f"{v['helpfulness_gain_vs_sft']:+.3f} ± {v['helpfulness_gain_se']:.3f}",
                 v["win_rate_vs_sft"],
                 "n/a" if v["win_rate_vs_previous"] is None else v["win_rate_vs_previous"],
+                v["sampled_gold_helpfulness"],
+                v["sampled_gold_safety"],
+                gain_vs_previous,
             ]
-            for name, v in versions.items()
+            for (name, v), gain_vs_previous in zip(
+                versions.items(), _sampled_gain_vs_previous(versions), strict=True
+            )
         ],
     )
 
@@ -270,7 +293,12 @@ def write_pipeline_report(
     sections = [
         f"{config.rounds} rounds on `{config.model.base}`; rewards are the final round's "
         f"combined reward on {len(prompts)} test prompts, {n} samples each.",
-        "## Versions (gold judges, greedy, test split)\n\n" + _versions_table(versions),
+        "## Versions (gold judges, test split)\n\n"
+        + "Greedy answers, then the mean gold of "
+        + f"{config.evaluation.sampled_gold_samples} samples per prompt at "
+        + f"T = {config.evaluation.sampled_gold_temperature:g} (sampled gold): greedy moves only "
+        + "when an argmax flips, the sampled gold whenever the policy's distribution does.\n\n"
+        + _versions_table(versions),
         "## Reward-model accuracy per rating on test pairs (Llama 2 Table 8)\n\n"
         + _accuracy_table(rounds),
         "## Max and median reward among N samples (Figure 7)\n\n"

@@ -46,7 +46,7 @@ from textrl.tokenization import build_char_tokenizer
 from textrl.world import red_team
 from textrl.world.annotator import SimulatedAnnotator, bayes_accuracy
 from textrl.world.demonstrations import write_demonstrations
-from textrl.world.evaluation import GREEDY, evaluate_responses
+from textrl.world.evaluation import GREEDY, evaluate_responses, sampled_gold
 from textrl.world.pair_sampling import Variant, sample_pairs
 from textrl.world.preferences import (
     PreferencePair,
@@ -531,10 +531,21 @@ def evaluation_stage(
     sft_responses: list[str] | None,
     previous_responses: list[str] | None,
 ) -> dict[str, object]:
-    """Gold helpfulness and safety on the held-out test split (greedy), and the gold
-    win rate against SFT and against the previous version."""
+    """Gold helpfulness and safety on the held-out test split (greedy), the gold win rate
+    against SFT and against the previous version, and the gold of the policy's own samples
+    (``sampled_gold``)."""
     tasks = split_tasks("test", config.seed)
     responses = greedy_test_responses(config, checkpoint)
+    model, tokenizer = load_causal_lm(checkpoint, device=config.device)
+    sampled = sampled_gold(
+        model,
+        tokenizer,
+        tasks,
+        config.evaluation.sampled_gold_samples,
+        SamplingConfig(temperature=config.evaluation.sampled_gold_temperature),
+        config.evaluation.max_new_tokens,
+        config.seed,
+    )
     mine = evaluate_responses(tasks, responses, sft_responses)
     against_previous = (
         evaluate_responses(tasks, responses, previous_responses).win_rate
@@ -552,6 +563,9 @@ def evaluation_stage(
         "helpfulness_gain_vs_sft": mine.helpfulness_gain if sft_responses is not None else 0.0,
         "helpfulness_gain_se": mine.helpfulness_gain_se if sft_responses is not None else 0.0,
         "win_rate_vs_previous": against_previous,
+        "sampled_gold_helpfulness": sampled.mean_helpfulness,
+        "sampled_gold_safety": sampled.mean_safety,
+        "sampled_helpfulness_per_prompt": sampled.helpfulness_per_prompt,
         "responses": responses,
     }
 

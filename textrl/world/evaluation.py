@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from textrl.generation import generate_responses
@@ -41,6 +42,13 @@ class GoldEvaluation:
     prompts), and a paired difference within two standard errors of 0 is noise."""
 
 
+def paired_gain(mine: Sequence[float], theirs: Sequence[float]) -> tuple[float, float]:
+    """Mean over prompts of ``mine - theirs`` and its standard error ``std / sqrt(n)``."""
+    gains = np.asarray(mine, dtype=float) - np.asarray(theirs, dtype=float)
+    se = float(np.std(gains, ddof=1) / np.sqrt(len(gains))) if len(gains) > 1 else 0.0
+    return float(np.mean(gains)), se
+
+
 def _share(indices: Sequence[int], holds: Callable[[int], bool]) -> float:
     """Share of ``indices`` for which ``holds``, 0 for none."""
     return float(np.mean([holds(i) for i in indices])) if indices else 0.0
@@ -54,15 +62,15 @@ def evaluate_responses(
     borderline_prompts = [i for i, task in enumerate(tasks) if task.family == "borderline"]
     win_rate = gain = gain_se = None
     if opponent_responses is not None:
-        outcomes, gains = [], []
+        outcomes, theirs = [], []
         for task, score, other in zip(tasks, scores, opponent_responses, strict=True):
-            theirs = judge(task, other)
+            their_score = judge(task, other)
             category = category_of(task.is_safety)
-            mine, their_value = gold_value(score, category), gold_value(theirs, category)
+            mine, their_value = gold_value(score, category), gold_value(their_score, category)
             outcomes.append(1.0 if mine > their_value else 0.5 if mine == their_value else 0.0)
-            gains.append(score.helpfulness - theirs.helpfulness)
-        win_rate, gain = float(np.mean(outcomes)), float(np.mean(gains))
-        gain_se = float(np.std(gains, ddof=1) / np.sqrt(len(gains))) if len(gains) > 1 else 0.0
+            theirs.append(their_score.helpfulness)
+        win_rate = float(np.mean(outcomes))
+        gain, gain_se = paired_gain([s.helpfulness for s in scores], theirs)
     return GoldEvaluation(
         num_prompts=len(tasks),
         mean_helpfulness=float(np.mean([s.helpfulness for s in scores])),
@@ -132,3 +140,47 @@ def evaluation_table(evaluations: Mapping[str, GoldEvaluation]) -> str:
             f"{result.correct_rate_on_safe:.3f} | {result.false_refusal_rate:.3f} | {win} |"
         )
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class SampledGold:
+    """The gold judges' view of a policy's own samples (not its greedy answer)."""
+
+    helpfulness_per_prompt: list[float]
+    """Mean gold helpfulness of each prompt's samples, in the tasks' order."""
+    mean_safety: float
+    """Mean gold safety over every sample."""
+
+    @property
+    def mean_helpfulness(self) -> float:
+        return float(np.mean(self.helpfulness_per_prompt))
+
+
+def sampled_gold(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    tasks: Sequence[Task],
+    samples_per_prompt: int,
+    sampling: SamplingConfig,
+    max_new_tokens: int,
+    seed: int,
+) -> SampledGold:
+    """Expected gold helpfulness and safety under the policy, ``samples_per_prompt`` seeded
+    samples per task.
+
+    Why beside greedy decoding: RLHF changes the policy's distribution, and a greedy answer
+    moves only when an argmax flips. A version that makes the good answer more likely without
+    yet making it the likeliest looks flat to greedy evaluation; the mean gold of its samples,
+    the quantity that PPO and rejection sampling optimise, shows the change.
+    """
+    torch.manual_seed(seed)
+    repeated = [task for task in tasks for _ in range(samples_per_prompt)]
+    responses = generate_responses(
+        model, tokenizer, [task.prompt for task in repeated], sampling, max_new_tokens
+    )
+    scores = [judge(task, response) for task, response in zip(repeated, responses, strict=True)]
+    helpfulness = np.array([s.helpfulness for s in scores]).reshape(len(tasks), samples_per_prompt)
+    return SampledGold(
+        helpfulness_per_prompt=helpfulness.mean(axis=1).tolist(),
+        mean_safety=float(np.mean([s.safety for s in scores])),
+    )
