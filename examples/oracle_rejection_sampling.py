@@ -20,6 +20,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from textrl.models import load_causal_lm
 from textrl.pipeline import stages
 from textrl.pipeline.config import load_pipeline_config
 from textrl.world.evaluation import GoldReward, evaluate_responses
@@ -43,7 +44,7 @@ def main() -> None:
     )
     config = dataclasses.replace(config, rejection_sampling=settings)
     tasks = split_tasks("test", config.seed)
-    start = stages.greedy_test_responses(config, args.policy)
+    start = stages.greedy_test_responses(config, *load_causal_lm(args.policy, config.device))
     reward = GoldReward(all_tasks())
     checkpoint, kept = args.policy, None
     print(json.dumps({"round": 0, **_scores(tasks, start, start)}), flush=True)
@@ -52,7 +53,7 @@ def main() -> None:
             config, round_index, checkpoint, reward, kept, args.out / f"round{round_index}"
         )
         checkpoint, kept = str(result["checkpoint"]), Path(str(result["kept"]))
-        responses = stages.greedy_test_responses(config, checkpoint)
+        responses = stages.greedy_test_responses(config, *load_causal_lm(checkpoint, config.device))
         line = {"round": round_index, **_scores(tasks, responses, start)}
         print(json.dumps({**line, "checkpoint": checkpoint}), flush=True)
 

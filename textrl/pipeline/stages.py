@@ -519,8 +519,9 @@ def ppo_stage(
     }
 
 
-def greedy_test_responses(config: PipelineConfig, checkpoint: str) -> list[str]:
-    model, tokenizer = load_causal_lm(checkpoint, device=config.device)
+def greedy_test_responses(
+    config: PipelineConfig, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
+) -> list[str]:
     prompts = [t.prompt for t in split_tasks("test", config.seed)]
     return generate_responses(model, tokenizer, prompts, GREEDY, config.evaluation.max_new_tokens)
 
@@ -535,8 +536,8 @@ def evaluation_stage(
     against SFT and against the previous version, and the gold of the policy's own samples
     (``sampled_gold``)."""
     tasks = split_tasks("test", config.seed)
-    responses = greedy_test_responses(config, checkpoint)
     model, tokenizer = load_causal_lm(checkpoint, device=config.device)
+    responses = greedy_test_responses(config, model, tokenizer)
     sampled = sampled_gold(
         model,
         tokenizer,

@@ -19,7 +19,7 @@ WRITERS = 3
 CAUTIOUS_WRITERS = 2
 """Of those, the writers who refuse a borderline prompt out of caution (the default)."""
 WORDY_WRITERS = 2
-"""Of those, the writers who wrap the answer to a harmless prompt in a sentence (the
+"""Of those, the writers who follow the answer to a harmless prompt with a sign-off (the
 default)."""
 
 
@@ -30,10 +30,10 @@ def wordy(answer: str) -> str:
     """A wordy writer's answer: the gold answer followed by a chatty sign-off, which the gold
     judge credits 0.5-0.67 instead of 1 (``textrl.world.tasks.judge``).
 
-    After the answer, not before it: a lead-in ("The answer is 12.") puts words between
-    the question and the answer, and the tiny model, fine-tuned on it, stopped learning
-    arithmetic (seed 0: 1% of harmless test prompts answered right at greedy decoding,
-    against 49% without wordy writers)."""
+    After the answer, not before it, so that no words stand between the question and the
+    answer the model must compute. (A lead-in, "The answer is 12.", was tried first, with
+    half the SFT steps now used; the model then got every arithmetic test prompt wrong, but
+    so did the sign-off at that step count, and the lead-in was not tried again.)"""
     return f"{answer}. {WORDY_SIGN_OFF}"
 
 
