@@ -46,8 +46,8 @@ def demonstrations_of(
 
     Why flawed demonstrators: Llama 2's RLHF gains came from what annotators can judge
     better than writers write. Safety-minded writers refuse alarming but harmless requests
-    (Llama 2's false refusals); wordy writers bury a short answer in a sentence, a flaw of
-    form that every family shares. A model fine-tuned on two flawed demonstrations for
+    (Llama 2's false refusals); wordy writers follow a short answer with a sign-off, a flaw
+    of form that every family shares. A model fine-tuned on two flawed demonstrations for
     every good one makes the flaw at greedy decoding, yet samples the good form about a
     third of the time. The annotators, who prefer the helpful answer of two safe ones and
     the bare answer to the padded one, are then the only source of the fix. The share is
