@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from textrl.jsonl import DataFormatError
 from textrl.world import evaluation
 from textrl.world.annotator import RATINGS, SimulatedAnnotator, gold_value, rating_for_margin
-from textrl.world.demonstrations import demonstrations_of, write_demonstrations
+from textrl.world.demonstrations import WRITERS, demonstrations_of, write_demonstrations
 from textrl.world.evaluation import GoldReward, evaluate_responses, sampled_gold
 from textrl.world.preferences import PreferencePair, read_preferences, write_preferences
 from textrl.world.splits import split_tasks
@@ -94,36 +94,35 @@ def test_flawed_writers_refuse_borderline_prompts_and_pad_harmless_answers(tmp_p
     borderline = next(t for t in tasks if t.family == "borderline")
     unsafe = next(t for t in tasks if t.family == "unsafe")
     harmless = [t for t in tasks if not t.is_safety]
-    assert demonstrations_of(borderline, cautious_writers=2) == [
-        REFUSAL,
-        REFUSAL,
-        demonstration(borderline),
-    ]
-    assert demonstrations_of(borderline, cautious_writers=0) == [demonstration(borderline)] * 3
-    assert demonstrations_of(unsafe, cautious_writers=3, wordy_writers=3) == [REFUSAL] * 3
+    assert demonstrations_of(borderline, cautious_writers=2) == [REFUSAL] * 2 + [
+        demonstration(borderline)
+    ] * (WRITERS - 2)
+    answered = demonstrations_of(borderline, cautious_writers=0)
+    assert answered == [demonstration(borderline)] * WRITERS
+    assert (
+        demonstrations_of(unsafe, cautious_writers=WRITERS, wordy_writers=WRITERS)
+        == [REFUSAL] * WRITERS
+    )
     for t in harmless:
         gold = demonstration(t)
-        assert demonstrations_of(t, cautious_writers=3, wordy_writers=1) == [
-            f"{gold}. Hope this helps!",
-            gold,
-            gold,
-        ]
+        assert demonstrations_of(t, cautious_writers=WRITERS, wordy_writers=1) == [
+            f"{gold}. Hope this helps!"
+        ] + [gold] * (WRITERS - 1)
         # the padded answer is the flaw preferences can see: it always scores below the bare one
         assert judge(t, f"{gold}. Hope this helps!").helpfulness < judge(t, gold).helpfulness == 1
     for name in ("cautious", "wordy"):
         with pytest.raises(ValueError, match=f"{name} writers"):
-            demonstrations_of(borderline, **{f"{name}_writers": 4})
+            demonstrations_of(borderline, **{f"{name}_writers": WRITERS + 1})
     path = tmp_path / "demonstrations.jsonl"
     write_demonstrations(path, [borderline, harmless[0]], cautious_writers=1, wordy_writers=2)
     rows = [json.loads(line) for line in path.read_text().splitlines()]
-    assert [(r["prompt"], r["answer"]) for r in rows] == [
-        (borderline.prompt, REFUSAL),
-        (borderline.prompt, demonstration(borderline)),
-        (borderline.prompt, demonstration(borderline)),
-        (harmless[0].prompt, f"{demonstration(harmless[0])}. Hope this helps!"),
-        (harmless[0].prompt, f"{demonstration(harmless[0])}. Hope this helps!"),
-        (harmless[0].prompt, demonstration(harmless[0])),
-    ]
+    padded = f"{demonstration(harmless[0])}. Hope this helps!"
+    assert [(r["prompt"], r["answer"]) for r in rows] == (
+        [(borderline.prompt, REFUSAL)]
+        + [(borderline.prompt, demonstration(borderline))] * (WRITERS - 1)
+        + [(harmless[0].prompt, padded)] * 2
+        + [(harmless[0].prompt, demonstration(harmless[0]))] * (WRITERS - 2)
+    )
 
 
 def test_splits_are_disjoint_seeded_and_cover_every_family():

@@ -28,19 +28,19 @@ class ModelSection:
 
 @dataclass(frozen=True)
 class SFTSection:
-    epochs: int = 44
+    epochs: int = 13
     """Over the SFT prompts' demonstrations (half the train prompts, Llama 2 kept SFT data
-    and RLHF prompts apart; three writers each): about 1,450 steps at batch 8 on the tiny
+    and RLHF prompts apart; ten writers each): about 1,450 steps at batch 8 on the tiny
     model. Half as many left it unable to add the numbers of its own training prompts (seed
     0: 32% right, against 98%)."""
     learning_rate: float = 2e-3
     batch_size: int = 8
     sequence_length: int = 256
     cautious_writers: int = CAUTIOUS_WRITERS
-    """Of the three writers who demonstrate each borderline prompt, those who refuse it: the
+    """Of the ten writers who demonstrate each borderline prompt, those who refuse it: the
     false refusals preferences must teach away (``textrl.world.demonstrations``)."""
     wordy_writers: int = WORDY_WRITERS
-    """Of the three writers who demonstrate each harmless prompt, those who pad the answer
+    """Of the ten writers who demonstrate each harmless prompt, those who pad the answer
     ("12. Hope this helps!"): a flaw of form in every family that preferences must teach away."""
 
 

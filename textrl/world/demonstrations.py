@@ -14,13 +14,15 @@ from pathlib import Path
 from textrl.jsonl import write_jsonl_atomically
 from textrl.world.tasks import REFUSAL, Task, demonstration
 
-WRITERS = 3
+WRITERS = 10
 """Writers who each demonstrate every prompt."""
-CAUTIOUS_WRITERS = 2
+CAUTIOUS_WRITERS = 7
 """Of those, the writers who refuse a borderline prompt out of caution (the default)."""
-WORDY_WRITERS = 2
+WORDY_WRITERS = 9
 """Of those, the writers who follow the answer to a harmless prompt with a sign-off (the
-default)."""
+default): the bare answer is one demonstration in ten, so the SFT model rarely samples it and
+rejection sampling, which can only keep what the model samples, needs several rounds to make
+it the habit."""
 
 
 WORDY_SIGN_OFF = "Hope this helps!"
@@ -47,13 +49,16 @@ def demonstrations_of(
     Why flawed demonstrators: Llama 2's RLHF gains came from what annotators can judge
     better than writers write. Safety-minded writers refuse alarming but harmless requests
     (Llama 2's false refusals); wordy writers follow a short answer with a sign-off, a flaw
-    of form that every family shares. A model fine-tuned on two flawed demonstrations for
-    every good one makes the flaw at greedy decoding, yet samples the good form about a
-    third of the time. The annotators, who prefer the helpful answer of two safe ones and
-    the bare answer to the padded one, are then the only source of the fix. The share is
-    the same for every prompt, so there is no per-prompt pattern for the model to memorise
-    instead. A flaw of form, unlike a flaw of knowledge, is one that a reward model learns
-    from a few thousand pairs and carries to held-out prompts.
+    of form that every family shares. A model fine-tuned on mostly flawed demonstrations
+    makes the flaw at greedy decoding, yet samples the good form now and then. The
+    annotators, who prefer the helpful answer of two safe ones and the bare answer to the
+    padded one, are then the only source of the fix. The share is the same for every
+    prompt, so there is no per-prompt pattern for the model to memorise instead. A flaw of
+    form, unlike a flaw of knowledge, is one that a reward model learns from a few thousand
+    pairs and carries to held-out prompts. How rare the good form is sets how many rounds
+    the fix takes: at one bare answer in three (stop 16), rejection sampling found it among
+    8 samples for 96% of the prompts and fixed it in one or two rounds, leaving the last
+    round nothing to do; at one in ten, fewer prompts show it in a round's samples.
     """
     for name, flawed in (("cautious", cautious_writers), ("wordy", wordy_writers)):
         if not 0 <= flawed <= WRITERS:
