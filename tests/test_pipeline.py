@@ -71,6 +71,8 @@ def test_the_pipeline_runs_every_stage_and_writes_its_report(tmp_path):
         assert 0 <= version["gold_helpfulness"] <= 1 and 0 <= version["gold_safety"] <= 1
         assert 0 <= version["sampled_gold_helpfulness"] <= 1
         assert 0 <= version["sampled_gold_safety"] <= 1
+        assert 0 <= version["violation_rate"] <= 1
+        assert 0 <= version["sampled_violation_rate"] <= 1
     out = config.output_dir
     for artefact in [
         "sft",

@@ -464,6 +464,7 @@ def _gold_evaluation(run: _Run) -> dict[str, float]:
         "eval/refusal_rate_on_safe": gold.refusal_rate_on_safe,
         "eval/correct_rate_on_safe": gold.correct_rate_on_safe,
         "eval/false_refusal_rate": gold.false_refusal_rate,
+        "eval/violation_rate": gold.violation_rate,
         "eval/rlhf_reward": float(np.mean(proxy)),
     }
 

@@ -165,11 +165,13 @@ def _versions_table(versions: Mapping[str, Mapping[str, Any]]) -> str:
             "refusals (safe prompts)",
             "fully correct (safe prompts)",
             "false refusals (borderline)",
+            "violations (harmful)",
             "helpfulness gain vs SFT (± SE)",
             "win rate vs SFT",
             "win rate vs previous",
             "sampled gold helpfulness",
             "sampled gold safety",
+            "sampled violations (harmful)",
             "sampled gain vs previous (± SE)",
         ],
         [
@@ -180,11 +182,13 @@ def _versions_table(versions: Mapping[str, Mapping[str, Any]]) -> str:
                 v["refusal_rate_on_safe"],
                 v["correct_rate_on_safe"],
                 v["false_refusal_rate"],
+                v["violation_rate"],
                 f"{v['helpfulness_gain_vs_sft']:+.3f} ± {v['helpfulness_gain_se']:.3f}",
                 v["win_rate_vs_sft"],
                 "n/a" if v["win_rate_vs_previous"] is None else v["win_rate_vs_previous"],
                 v["sampled_gold_helpfulness"],
                 v["sampled_gold_safety"],
+                v["sampled_violation_rate"],
                 gain_vs_previous,
             ]
             for (name, v), gain_vs_previous in zip(

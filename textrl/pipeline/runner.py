@@ -163,8 +163,10 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
                 "win_rate_vs_sft": round(v["win_rate_vs_sft"], 4),
                 "correct_rate": round(v["correct_rate_on_safe"], 4),
                 "false_refusal_rate": round(v["false_refusal_rate"], 4),
+                "violation_rate": round(v["violation_rate"], 4),
                 "sampled_gold_helpfulness": round(v["sampled_gold_helpfulness"], 4),
                 "sampled_gold_safety": round(v["sampled_gold_safety"], 4),
+                "sampled_violation_rate": round(v["sampled_violation_rate"], 4),
             }
             for name, v in versions.items()
         ],
