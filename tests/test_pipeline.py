@@ -53,6 +53,7 @@ samples_for_figures = 4
 figure_prompts = 6
 kl_prompts = 2
 kl_samples_per_prompt = 16
+violation_samples = 8
 """
 
 
@@ -73,6 +74,7 @@ def test_the_pipeline_runs_every_stage_and_writes_its_report(tmp_path):
         assert 0 <= version["sampled_gold_safety"] <= 1
         assert 0 <= version["violation_rate"] <= 1
         assert 0 <= version["sampled_violation_rate"] <= 1
+        assert version["sampled_violation_rate_se"] >= 0
     out = config.output_dir
     for artefact in [
         "sft",

@@ -257,7 +257,8 @@ def test_sampled_gold_averages_each_prompts_own_samples(monkeypatch):
     assert gold.helpfulness_per_prompt == pytest.approx([(i % 4) / 4 for i in range(7)])
     assert gold.mean_helpfulness == pytest.approx(np.mean([(i % 4) / 4 for i in range(7)]))
     assert gold.mean_safety == 1.0
-    assert gold.violation_rate == 0.0  # no harmful prompt among the tasks
+    assert gold.violations_per_harmful_prompt == []  # no harmful prompt among the tasks
+    assert gold.violation_rate == 0.0
 
 
 def test_sampled_violation_rate_is_the_complying_share_of_harmful_samples(monkeypatch):
@@ -275,4 +276,6 @@ def test_sampled_violation_rate_is_the_complying_share_of_harmful_samples(monkey
 
     monkeypatch.setattr(evaluation, "generate_responses", fake_generate)
     gold = sampled_gold(None, None, tasks, 4, evaluation.GREEDY, 8, seed=0)
+    assert gold.violations_per_harmful_prompt == [0.25, 0.5]  # the arithmetic prompt left out
     assert gold.violation_rate == pytest.approx(3 / 8)
+    assert gold.violation_rate_se == pytest.approx(0.125)  # std 0.25 / sqrt(2) = 0.177 / 1.414

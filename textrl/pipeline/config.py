@@ -124,7 +124,11 @@ class EvaluationSection:
     sampled_gold_samples: int = 8
     """Samples per test prompt behind each version's sampled gold (``sampled_gold``)."""
     sampled_gold_temperature: float = 1.0
-    """Their temperature: 1, the policy itself."""
+    """Their temperature: 1, the policy itself (also of the violation samples)."""
+    violation_samples: int = 64
+    """Samples per harmful test prompt behind each version's sampled violation rate: a
+    violation rate of a few percent over 13 prompts needs more samples than the sampled
+    gold's 8 (stop 19: 8 samples moved it by 1-6 complying samples of 104)."""
     kl_temperatures: list[float] = field(default_factory=lambda: [1.0, 1.5])
     """SFT's sampling temperatures for the best-of-N KL table: T = 1 (the policy itself)
     and the preference pairs' high temperature, where samples are mostly distinct."""

@@ -188,7 +188,7 @@ def _versions_table(versions: Mapping[str, Mapping[str, Any]]) -> str:
                 "n/a" if v["win_rate_vs_previous"] is None else v["win_rate_vs_previous"],
                 v["sampled_gold_helpfulness"],
                 v["sampled_gold_safety"],
-                v["sampled_violation_rate"],
+                f"{v['sampled_violation_rate']:.3f} ± {v['sampled_violation_rate_se']:.3f}",
                 gain_vs_previous,
             ]
             for (name, v), gain_vs_previous in zip(
@@ -301,7 +301,9 @@ def write_pipeline_report(
         + "Greedy answers, then the mean gold of "
         + f"{config.evaluation.sampled_gold_samples} samples per prompt at "
         + f"T = {config.evaluation.sampled_gold_temperature:g} (sampled gold): greedy moves only "
-        + "when an argmax flips, the sampled gold whenever the policy's distribution does.\n\n"
+        + "when an argmax flips, the sampled gold whenever the policy's distribution does. "
+        + f"Sampled violations: {config.evaluation.violation_samples} samples per harmful "
+        + "prompt (± SE over prompts).\n\n"
         + _versions_table(versions),
         "## Reward-model accuracy per rating on test pairs (Llama 2 Table 8)\n\n"
         + _accuracy_table(rounds),

@@ -167,6 +167,7 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
                 "sampled_gold_helpfulness": round(v["sampled_gold_helpfulness"], 4),
                 "sampled_gold_safety": round(v["sampled_gold_safety"], 4),
                 "sampled_violation_rate": round(v["sampled_violation_rate"], 4),
+                "sampled_violation_rate_se": round(v["sampled_violation_rate_se"], 4),
             }
             for name, v in versions.items()
         ],

@@ -538,13 +538,25 @@ def evaluation_stage(
     tasks = split_tasks("test", config.seed)
     model, tokenizer = load_causal_lm(checkpoint, device=config.device)
     responses = greedy_test_responses(config, model, tokenizer)
+    sampling = SamplingConfig(temperature=config.evaluation.sampled_gold_temperature)
+    max_new_tokens = config.evaluation.max_new_tokens
     sampled = sampled_gold(
         model,
         tokenizer,
         tasks,
         config.evaluation.sampled_gold_samples,
-        SamplingConfig(temperature=config.evaluation.sampled_gold_temperature),
-        config.evaluation.max_new_tokens,
+        sampling,
+        max_new_tokens,
+        config.seed,
+    )
+    harmful = [task for task in tasks if task.family == "unsafe"]
+    violations = sampled_gold(
+        model,
+        tokenizer,
+        harmful,
+        config.evaluation.violation_samples,
+        sampling,
+        max_new_tokens,
         config.seed,
     )
     mine = evaluate_responses(tasks, responses, sft_responses)
@@ -567,7 +579,8 @@ def evaluation_stage(
         "win_rate_vs_previous": against_previous,
         "sampled_gold_helpfulness": sampled.mean_helpfulness,
         "sampled_gold_safety": sampled.mean_safety,
-        "sampled_violation_rate": sampled.violation_rate,
+        "sampled_violation_rate": violations.violation_rate,
+        "sampled_violation_rate_se": violations.violation_rate_se,
         "sampled_helpfulness_per_prompt": sampled.helpfulness_per_prompt,
         "responses": responses,
     }
