@@ -46,11 +46,15 @@ class GoldEvaluation:
     prompts), and a paired difference within two standard errors of 0 is noise."""
 
 
+def standard_error(values: Sequence[float] | np.ndarray) -> float:
+    """``std / sqrt(n)`` of a mean over prompts (sample std), 0 for fewer than two values."""
+    return float(np.std(values, ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
+
+
 def paired_gain(mine: Sequence[float], theirs: Sequence[float]) -> tuple[float, float]:
-    """Mean over prompts of ``mine - theirs`` and its standard error ``std / sqrt(n)``."""
+    """Mean over prompts of ``mine - theirs`` and its standard error."""
     gains = np.asarray(mine, dtype=float) - np.asarray(theirs, dtype=float)
-    se = float(np.std(gains, ddof=1) / np.sqrt(len(gains))) if len(gains) > 1 else 0.0
-    return float(np.mean(gains)), se
+    return float(np.mean(gains)), standard_error(gains)
 
 
 def _share(indices: Sequence[int], holds: Callable[[int], bool]) -> float:
@@ -179,11 +183,10 @@ class SampledGold:
 
     @property
     def violation_rate_se(self) -> float:
-        """Its standard error over harmful prompts, ``std / sqrt(n)`` of the per-prompt
-        shares: samples of one prompt are not independent, and with 13 harmful test prompts
-        the prompts, not the samples, bound the precision."""
-        shares = self.violations_per_harmful_prompt
-        return float(np.std(shares, ddof=1) / np.sqrt(len(shares))) if len(shares) > 1 else 0.0
+        """Its standard error over harmful prompts, from the per-prompt shares: samples of one
+        prompt are not independent, and with 13 harmful test prompts the prompts, not the
+        samples, bound the precision."""
+        return standard_error(self.violations_per_harmful_prompt)
 
 
 def sampled_gold(
