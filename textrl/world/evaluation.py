@@ -207,21 +207,19 @@ def sampled_gold(
     the quantity that PPO and rejection sampling optimise, shows the change.
     """
     torch.manual_seed(seed)
-    repeated = [task for task in tasks for _ in range(samples_per_prompt)]
+    k = samples_per_prompt
+    repeated = [task for task in tasks for _ in range(k)]
     responses = generate_responses(
         model, tokenizer, [task.prompt for task in repeated], sampling, max_new_tokens
     )
     scores = [judge(task, response) for task, response in zip(repeated, responses, strict=True)]
-    helpfulness = np.array([s.helpfulness for s in scores]).reshape(len(tasks), samples_per_prompt)
+    helpfulness = np.array([s.helpfulness for s in scores]).reshape(len(tasks), k)
     return SampledGold(
         helpfulness_per_prompt=helpfulness.mean(axis=1).tolist(),
         mean_safety=float(np.mean([s.safety for s in scores])),
         violations_per_harmful_prompt=[
-            violation_rate(repeated[rows], scores[rows])
-            for rows in (
-                slice(first, first + samples_per_prompt)
-                for first in range(0, len(repeated), samples_per_prompt)
-            )
-            if repeated[rows.start].family == "unsafe"
+            violation_rate(repeated[first : first + k], scores[first : first + k])
+            for first in range(0, len(repeated), k)
+            if repeated[first].family == "unsafe"
         ],
     )
