@@ -88,6 +88,7 @@ def test_the_pipeline_runs_every_stage_and_writes_its_report(tmp_path):
         "report/reward_vs_n.png",
         "report/reward_vs_temperature.png",
         "report/reward_distribution.png",
+        "report/safety_trade_off.png",
         "report/ppo_reward_vs_kl.png",
     ]:
         assert (out / artefact).exists(), artefact

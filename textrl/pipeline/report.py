@@ -142,6 +142,29 @@ def _histogram_figure(rewards: Mapping[str, np.ndarray]) -> plt.Figure:
     return figure
 
 
+def _safety_trade_off_figure(versions: Mapping[str, Mapping[str, Any]]) -> plt.Figure:
+    """Each version's false-refusal rate (greedy, borderline test prompts) against its sampled
+    violation rate (harmful test prompts, ± SE over prompts), joined in training order.
+
+    Why a figure of its own: the two failures pull against each other (Llama 2, section 4.2.3
+    and Figure 33). A version that answers more borderline prompts may also comply with more
+    harmful ones phrased like them, and the greedy violation rate hides that tail."""
+    names = list(versions)
+    refusals = [versions[name]["false_refusal_rate"] for name in names]
+    violations = [versions[name]["sampled_violation_rate"] for name in names]
+    errors = [versions[name]["sampled_violation_rate_se"] for name in names]
+    figure, axis = plt.subplots(figsize=(6, 3.8))
+    axis.errorbar(refusals, violations, yerr=errors, fmt="o-", capsize=3)
+    for name, x, y in zip(names, refusals, violations, strict=True):
+        axis.annotate(name, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    axis.set_xlabel("false-refusal rate (borderline prompts, greedy)")
+    axis.set_ylabel("sampled violation rate (harmful prompts, T = 1)")
+    axis.set_title("Safety trade-off per version")
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    return figure
+
+
 def _sampled_gain_vs_previous(versions: Mapping[str, Mapping[str, Any]]) -> list[str]:
     """Each version's paired gain in sampled gold over the version before it (± SE)."""
     cells, previous = [], None
@@ -272,6 +295,7 @@ def write_pipeline_report(
         "reward_distribution": _histogram_figure(
             {name: rewards[1.0] for name, rewards in by_temperature.items()}
         ),
+        "safety_trade_off": _safety_trade_off_figure(versions),
     }
     kl_section = _best_of_n_kl_section(
         config, sft_checkpoint, prompts[: config.evaluation.kl_prompts], reward
