@@ -102,6 +102,16 @@ def assert_same_weights(left: Path, right: Path) -> None:
         torch.testing.assert_close(weights, right_weights[name], rtol=1e-4, atol=5e-5, msg=name)
 
 
+def assert_same_losses(two_ranks: list[float], one_process: list[float]) -> None:
+    """Equal up to float rounding, for the reason of ``assert_same_weights``: the losses after
+    a few AdamW steps at lr 1e-2 inherit its ~1e-5 relative weight differences (1.3e-5 seen on
+    an AVX-512 CPU, under 1e-5 on another), while a rank that steps on its own half of the
+    batch takes a different step from the first update on."""
+    torch.testing.assert_close(
+        torch.tensor(two_ranks), torch.tensor(one_process), rtol=1e-4, atol=0
+    )
+
+
 @pytest.fixture
 def base_model(tmp_path) -> Path:
     directory = tmp_path / "base"
@@ -144,9 +154,7 @@ def test_sft_on_two_ranks_takes_the_steps_of_one_process_at_twice_the_batch(
     )
     losses = launch(TrainSFT(per_rank), tmp_path / "results")
     assert losses[0] == losses[1]  # the logged loss is the global one on every rank
-    torch.testing.assert_close(
-        torch.tensor(losses[0]), torch.tensor(single.losses), rtol=1e-5, atol=0
-    )
+    assert_same_losses(losses[0], single.losses)
     written = checkpoints(per_rank.output_dir)
     assert [p.name for p in written] == [single.checkpoint.name]  # one rank wrote it, once
     assert_same_weights(single.checkpoint / "model.safetensors", written[0] / "model.safetensors")
@@ -198,9 +206,7 @@ def test_reward_model_on_two_ranks_takes_the_steps_of_one_process_at_twice_the_b
     per_rank = dataclasses.replace(config, output_dir=tmp_path / "two", batch_size=4, fsdp=fsdp)
     losses = launch(TrainRewardModel(per_rank), tmp_path / "results")
     assert losses[0] == losses[1]
-    torch.testing.assert_close(
-        torch.tensor(losses[0]), torch.tensor(single.losses), rtol=1e-5, atol=0
-    )
+    assert_same_losses(losses[0], single.losses)
     written = checkpoints(per_rank.output_dir)
     assert [p.name for p in written] == [single.checkpoint.name]
     assert_same_weights(single.checkpoint / "model.safetensors", written[0] / "model.safetensors")
