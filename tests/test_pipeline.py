@@ -47,6 +47,11 @@ epochs = 1
 iterations = 2
 batch_size = 8
 
+[safety_dpo]
+samples_per_prompt = 4
+pairs_per_prompt = 2
+epochs = 1
+
 [evaluation]
 max_new_tokens = 6
 samples_for_figures = 4
@@ -84,6 +89,8 @@ def test_the_pipeline_runs_every_stage_and_writes_its_report(tmp_path):
         "round1/rejection_sampling/kept.jsonl",
         "round2/rejection_sampling/kept.jsonl",
         "round2/ppo/tensorboard",
+        "round2/safety_dpo/pairs.jsonl",
+        "round2/safety_dpo/tensorboard",
         "report/report.md",
         "report/reward_vs_n.png",
         "report/reward_vs_temperature.png",
@@ -102,8 +109,16 @@ def test_the_pipeline_runs_every_stage_and_writes_its_report(tmp_path):
         json.loads(line)["round"] for line in open(out / "round2/rejection_sampling/kept.jsonl")
     }
     assert kept_rounds == {0, 1}  # pipeline rounds 1 and 2, counted from 0
+    # safety DPO trains on the policy's samples for red-team prompts, and V2 is its result
+    red_team_prompts = {json.loads(line)["prompt"] for line in round2 if '"red-team:' in line}
+    dpo_pairs = [json.loads(line) for line in open(out / "round2/safety_dpo/pairs.jsonl")]
+    assert dpo_pairs and {pair["prompt"] for pair in dpo_pairs} <= red_team_prompts
+    assert all(pair["chosen"] != pair["rejected"] for pair in dpo_pairs)
+    ledger = json.loads((out / LEDGER_FILE).read_text())
+    safety_dpo = ledger["RLHF-V2 safety DPO"]["result"]
+    assert ledger["evaluate RLHF-V2"]["result"]["checkpoint"] == safety_dpo["checkpoint"]
     report = (out / "report/report.md").read_text()
-    assert "Table 8" in report and "log N - (N-1)/N" in report
+    assert "Table 8" in report and "log N - (N-1)/N" in report and "Safety DPO" in report
 
 
 def test_preference_pairs_do_not_depend_on_what_ran_before(tmp_path):

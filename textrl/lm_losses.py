@@ -5,6 +5,8 @@
 - Reward model: the binary ranking loss with a margin,
   ``-log sigmoid(r_chosen - r_rejected - m(rating))`` (equation 2), with the
   paper's two margin tables (Table 27).
+- DPO (Rafailov et al. 2023), the preference loss without a reward model, used after PPO
+  (``textrl.preference_optimization``).
 """
 
 from __future__ import annotations
@@ -57,6 +59,25 @@ def margin_ranking_loss(
 ) -> torch.Tensor:
     """``mean(-log sigmoid(r_chosen - r_rejected - m))`` over pairs, all ``(B,)``."""
     return -F.logsigmoid(chosen_rewards - rejected_rewards - margins).mean()
+
+
+def dpo_loss(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    reference_chosen: torch.Tensor,
+    reference_rejected: torch.Tensor,
+    beta: float,
+) -> torch.Tensor:
+    """``mean(-log sigmoid(beta * [(pi_w - ref_w) - (pi_l - ref_l)]))`` over pairs: summed
+    response log-likelihoods under the policy and the frozen reference, all ``(B,)``.
+
+    ``beta * (log pi - log pi_ref)`` is the implicit reward of a policy that is optimal for a
+    KL-regularised objective with coefficient ``beta``, so this is the ranking loss of
+    ``margin_ranking_loss`` (no margin) on that reward.
+    """
+    chosen = policy_chosen - reference_chosen
+    rejected = policy_rejected - reference_rejected
+    return margin_ranking_loss(beta * chosen, beta * rejected, torch.zeros_like(chosen))
 
 
 def reward_centering_penalty(

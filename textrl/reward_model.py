@@ -209,15 +209,12 @@ def accuracy_by_rating(
     )
 
 
-@torch.no_grad()
-def response_log_likelihoods(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    prompts: Sequence[str],
-    responses: Sequence[str],
-) -> torch.Tensor:
-    """``log pi(response | prompt)`` ``(N,)``, summed over the response's tokens and its end
-    token, tokenized exactly as SFT trains (``tokenize_conversation``)."""
+def encode_responses(
+    tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], responses: Sequence[str]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded ``(N, L)`` ids, attention mask and labels (``IGNORE_INDEX`` outside the
+    response and its end token) of one-turn conversations, tokenized exactly as SFT trains
+    (``tokenize_conversation``)."""
     examples = [
         tokenize_conversation(
             tokenizer,
@@ -228,13 +225,33 @@ def response_log_likelihoods(
     ]
     ids, mask = pad_right([e.input_ids for e in examples], tokenizer.pad_token_id)
     labels, _ = pad_right([e.labels for e in examples], IGNORE_INDEX)
+    return ids, mask, labels
+
+
+def summed_log_probs(
+    model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``log pi(response | prompt)`` summed over the labelled tokens, and their count, both
+    ``(N,)`` on the model's device (with gradients when the caller allows them)."""
     device = next(model.parameters()).device
     logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, :-1]
     targets = labels[:, 1:].to(device)
     answer = targets != IGNORE_INDEX
     log_probs = torch.log_softmax(logits.float(), dim=-1)
     token_log_probs = log_probs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return (token_log_probs * answer).sum(1).cpu()
+    return (token_log_probs * answer).sum(1), answer.sum(1)
+
+
+@torch.no_grad()
+def response_log_likelihoods(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    responses: Sequence[str],
+) -> torch.Tensor:
+    """``log pi(response | prompt)`` ``(N,)``, summed over the response's tokens and its end
+    token."""
+    return summed_log_probs(model, *encode_responses(tokenizer, prompts, responses))[0].cpu()
 
 
 def likelihood_accuracy_by_rating(

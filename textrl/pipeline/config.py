@@ -113,6 +113,25 @@ class PPOSection:
 
 
 @dataclass(frozen=True)
+class SafetyDPOSection:
+    enabled: bool = True
+    """After PPO in the last round: DPO + NLL (``textrl.preference_optimization``) on pairs of
+    the policy's own samples on the red-team prompts, to push down the rare compliance that
+    rejection sampling never keeps and PPO samples too seldom (README, "The pipeline")."""
+    samples_per_prompt: int = 64
+    """Samples per red-team prompt, ranked by the round's combined reward: a compliance the
+    policy makes in one sample of ten needs dozens of samples to show up in most prompts."""
+    pairs_per_prompt: int = 16
+    """The i-th best sample against the i-th worst, for i below this."""
+    temperature: float = 1.0
+    beta: float = 0.1
+    nll_coefficient: float = 1.0
+    learning_rate: float = 3e-5
+    epochs: int = 2
+    batch_size: int = 32
+
+
+@dataclass(frozen=True)
 class EvaluationSection:
     max_new_tokens: int = 32
     samples_for_figures: int = 16
@@ -138,7 +157,8 @@ class EvaluationSection:
 class PipelineConfig:
     output_dir: Path = Path("runs/pipeline")
     rounds: int = 3
-    """Versions V1..Vn: rejection sampling in every round, PPO on top in the last."""
+    """Versions V1..Vn: rejection sampling in every round, PPO and safety DPO on top in the
+    last."""
     seed: int = 0
     device: str = "cpu"
     model: ModelSection = field(default_factory=ModelSection)
@@ -147,6 +167,7 @@ class PipelineConfig:
     reward_model: RewardModelSection = field(default_factory=RewardModelSection)
     rejection_sampling: RejectionSamplingSection = field(default_factory=RejectionSamplingSection)
     ppo: PPOSection = field(default_factory=PPOSection)
+    safety_dpo: SafetyDPOSection = field(default_factory=SafetyDPOSection)
     evaluation: EvaluationSection = field(default_factory=EvaluationSection)
 
 

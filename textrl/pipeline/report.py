@@ -243,6 +243,29 @@ def _accuracy_table(rounds: Mapping[str, Mapping[str, Any]]) -> str:
     return markdown_table(["round", "ranked by", *RATINGS, "overall", "Bayes ceiling"], rows)
 
 
+def _safety_dpo_section(result: Mapping[str, Any] | None) -> list[str]:
+    """The last round's safety DPO in numbers (none when it is off)."""
+    if result is None:
+        return []
+    rows = [
+        ["red-team prompts", result["prompts"]],
+        ["pairs (best against worst of the policy's samples)", result["pairs"]],
+        [
+            "mean reward of the best / worst sample",
+            f"{result['mean_reward_best']:.3f} / {result['mean_reward_worst']:.3f}",
+        ],
+        ["steps", result["steps"]],
+        ["loss, first / last step", f"{result['first_loss']:.3f} / {result['last_loss']:.3f}"],
+        ["pairs the reference ranks right by likelihood", result["reference_accuracy"]],
+        ["pairs moved the right way (DPO margin > 0)", result["final_accuracy"]],
+    ]
+    return [
+        "## Safety DPO after PPO (last round)\n\n"
+        + markdown_table(["", "value"], rows)
+        + "\n\nThe version's sampled violation rate above is measured after this stage."
+    ]
+
+
 def write_pipeline_report(
     config: PipelineConfig,
     versions: Mapping[str, Mapping[str, Any]],
@@ -350,6 +373,7 @@ def write_pipeline_report(
         "## Mean max reward among N samples against temperature (Figure 8)\n\n"
         + markdown_table(["version", *(f"T={t}" for t in FIGURE_TEMPERATURES)], temperature_rows),
         kl_section,
+        *_safety_dpo_section(last_round["safety_dpo"]),
         "## Wall time per stage\n\n"
         + markdown_table(["stage", "seconds"], [[k, v] for k, v in seconds.items()]),
     ]

@@ -58,7 +58,7 @@ class StageLedger:
 
 def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
     """SFT, then rounds V1..Vn of preferences, reward models, rejection sampling (and PPO
-    in the last round), each version evaluated by the gold judges; then the report.
+    and safety DPO in the last round), each version evaluated by the gold judges; then the report.
     Returns the summary printed as the command's last line."""
     out = config.output_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -132,6 +132,23 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
                 ),
             )
             checkpoint = ppo["checkpoint"]
+        safety_dpo = None
+        if index == config.rounds and config.safety_dpo.enabled:
+            safety_dpo = ledger.run(
+                f"{name} safety DPO",
+                directory / "safety_dpo",
+                lambda d, index=index, policy=checkpoint, rms=reward_models, p=preferences: (
+                    stages.safety_dpo_stage(
+                        config,
+                        index,
+                        policy,
+                        stages.combined_reward(config, rms, policy),
+                        Path(p["train"]),
+                        d,
+                    )
+                ),
+            )
+            checkpoint = safety_dpo["checkpoint"]
         versions[name] = ledger.run(
             f"evaluate {name}",
             out / "evaluation" / name,
@@ -144,6 +161,7 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
             "reward_models": reward_models,
             "rejection_sampling": rejection,
             "ppo": ppo,
+            "safety_dpo": safety_dpo,
         }
         previous_models.append((latest_name, latest))
         latest_name, latest = name, checkpoint

@@ -2,13 +2,14 @@
 
 SFT -> (per round) fresh preferences from the latest models -> helpfulness and
 safety reward models on all preferences so far -> rejection sampling (every
-round) -> PPO on top of the rejection-sampled model (last round). Every stage
+round) -> PPO on top of the rejection-sampled model, then safety DPO (last round). Every stage
 reads its inputs from checkpoints on disk and returns a JSON-serialisable
 result, so the runner can record it and a resumed pipeline skips it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,6 +33,7 @@ from textrl.generation import generate_responses
 from textrl.jsonl import write_jsonl_atomically
 from textrl.models import disable_dropout, load_causal_lm, tiny_llama
 from textrl.pipeline.config import PipelineConfig
+from textrl.preference_optimization import DPOConfig, best_against_worst_pairs, train_dpo
 from textrl.reward_model import (
     RewardModelConfig,
     accuracy_by_rating,
@@ -516,6 +518,89 @@ def ppo_stage(
         "history": result.history,
         "final_kl": final["objective/kl"],
         "final_rlhf_reward": final["objective/rlhf_reward"],
+    }
+
+
+def red_team_prompts(preferences: Path) -> list[str]:
+    """The prompts the red team attacked (a side of the pair elicited by a jailbreak), in a
+    fixed order: the prompts the pipeline knows to be harmful."""
+    return sorted(
+        {
+            p.prompt
+            for p in read_preferences(preferences)
+            if red_team.RED_TEAM_PREFIX in p.chosen_model + p.rejected_model
+        }
+    )
+
+
+def safety_dpo_stage(
+    config: PipelineConfig,
+    round_index: int,
+    policy_checkpoint: str,
+    reward: CombinedReward,
+    preferences: Path,
+    directory: Path,
+) -> dict[str, object]:
+    """DPO + NLL on the policy's own samples for the red-team prompts: per prompt, K samples
+    ranked by the combined reward (the safety score, as the prompts are safety-tagged), the
+    best against the worst, the policy on entry as the reference.
+
+    Why after PPO: rejection sampling keeps only the best sample, so it never shows the policy
+    its rare compliance on a harmful prompt, and PPO samples it too seldom to push it down;
+    the sampled violation rate rose through every round (README, "The pipeline")."""
+    settings = config.safety_dpo
+    prompts = red_team_prompts(preferences)
+    if not prompts:
+        raise ValueError(
+            f"{preferences}: no red-team pair, so safety DPO has no prompt; set "
+            "[preferences] red_team_pairs_per_round above 0 or [safety_dpo] enabled = false"
+        )
+    seed = config.seed * 1000 + 100 + round_index
+    torch.manual_seed(seed)
+    model, tokenizer = load_causal_lm(policy_checkpoint, device=config.device)
+    disable_dropout(model)
+    model.eval()
+    responses, rewards = sample_and_score(
+        model,
+        tokenizer,
+        prompts,
+        settings.samples_per_prompt,
+        settings.temperature,
+        reward,
+        config.evaluation.max_new_tokens,
+    )
+    pairs = best_against_worst_pairs(prompts, responses, rewards, settings.pairs_per_prompt)
+    if not pairs:
+        raise ValueError(
+            f"safety DPO: the {settings.samples_per_prompt} samples of each of {len(prompts)} "
+            "red-team prompts tie in reward or text, so no pair can be formed"
+        )
+    with SummaryWriter(str(directory / "tensorboard")) as writer:
+        trained = train_dpo(
+            model,
+            tokenizer,
+            pairs,
+            DPOConfig(
+                beta=settings.beta,
+                nll_coefficient=settings.nll_coefficient,
+                learning_rate=settings.learning_rate,
+                epochs=settings.epochs,
+                batch_size=settings.batch_size,
+                betas=ADAM_BETAS,
+                eps=ADAM_EPS,
+                seed=seed,
+            ),
+            writer,
+        )
+    write_jsonl_atomically(directory / "pairs.jsonl", map(dataclasses.asdict, pairs))
+    checkpoint = save_checkpoint(directory, round_index, model, tokenizer, {"round": round_index})
+    return {
+        "checkpoint": str(checkpoint),
+        "prompts": len(prompts),
+        "pairs": len(pairs),
+        "mean_reward_best": float(rewards.max(1).mean()),
+        "mean_reward_worst": float(rewards.min(1).mean()),
+        **dataclasses.asdict(trained),
     }
 
 
