@@ -20,7 +20,6 @@ someone else does not contain it.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -109,7 +108,8 @@ def train_dpo(
 ) -> DPOResult:
     """Train ``model`` in place on ``pairs`` with DPO + NLL, its state on entry the reference.
 
-    The reference is frozen, so its log-likelihoods are computed once, before training.
+    The reference is frozen, so its log-likelihoods are computed once, before training, by
+    the model itself: no second copy of the weights.
     AdamW at a constant learning rate, without weight decay: one or two epochs over a few
     hundred pairs, a nudge on top of a converged policy.
     """
@@ -120,9 +120,8 @@ def train_dpo(
         tokenizer, prompts, [p.chosen for p in pairs] + [p.rejected for p in pairs]
     )
     count = len(pairs)
-    reference = copy.deepcopy(model).requires_grad_(False).eval()
-    reference_log_probs = _log_probs_in_batches(reference, encoded, config.batch_size * 2)
-    del reference
+    model.eval()
+    reference_log_probs = _log_probs_in_batches(model, encoded, config.batch_size * 2)
     reference_margins = reference_log_probs[:count] - reference_log_probs[count:]
     optimizer = torch.optim.AdamW(
         model.parameters(),
