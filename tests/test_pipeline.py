@@ -48,6 +48,7 @@ iterations = 2
 batch_size = 8
 
 [safety_dpo]
+every_round = true
 samples_per_prompt = 4
 pairs_per_prompt = 2
 epochs = 1
@@ -89,6 +90,7 @@ def test_the_pipeline_runs_every_stage_and_writes_its_report(tmp_path):
         "round1/rejection_sampling/kept.jsonl",
         "round2/rejection_sampling/kept.jsonl",
         "round2/ppo/tensorboard",
+        "round1/safety_dpo/pairs.jsonl",
         "round2/safety_dpo/pairs.jsonl",
         "round2/safety_dpo/tensorboard",
         "report/report.md",
@@ -117,6 +119,9 @@ def test_the_pipeline_runs_every_stage_and_writes_its_report(tmp_path):
     ledger = json.loads((out / LEDGER_FILE).read_text())
     safety_dpo = ledger["RLHF-V2 safety DPO"]["result"]
     assert ledger["evaluate RLHF-V2"]["result"]["checkpoint"] == safety_dpo["checkpoint"]
+    # with every_round, round 1's version is its safety DPO checkpoint, after its RS
+    round1_dpo = ledger["RLHF-V1 safety DPO"]["result"]["checkpoint"]
+    assert ledger["evaluate RLHF-V1"]["result"]["checkpoint"] == round1_dpo
     report = (out / "report/report.md").read_text()
     assert "Table 8" in report and "log N - (N-1)/N" in report and "Safety DPO" in report
 

@@ -160,15 +160,36 @@ def score_encoded(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor)
     return model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.squeeze(-1)
 
 
+SCORE_BATCH_SIZE = 64
+"""Rows per forward pass in ``score``. One pass over thousands of responses pads them all to
+the longest and runs slower: 3,264 responses through the tiny safety model took 16.5 s in one
+pass and 4.3 s in passes of 64 (stop 21, this 2-core CPU)."""
+
+
 def score(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[str],
     responses: Sequence[str],
     max_length: int = 256,
+    batch_size: int = SCORE_BATCH_SIZE,
 ) -> torch.Tensor:
-    """Raw scalar rewards ``(N,)`` (with gradients when the caller allows them)."""
-    return score_encoded(model, *encode_pairs(tokenizer, prompts, responses, max_length))
+    """Raw scalar rewards ``(N,)``, ``batch_size`` rows per pass (with gradients when the
+    caller allows them)."""
+    return torch.cat(
+        [
+            score_encoded(
+                model,
+                *encode_pairs(
+                    tokenizer,
+                    prompts[start : start + batch_size],
+                    responses[start : start + batch_size],
+                    max_length,
+                ),
+            )
+            for start in range(0, len(prompts), batch_size)
+        ]
+    )
 
 
 @torch.no_grad()

@@ -118,6 +118,9 @@ class SafetyDPOSection:
     """After PPO in the last round: DPO + NLL (``textrl.preference_optimization``) on pairs of
     the policy's own samples on the red-team prompts, to push down the rare compliance that
     rejection sampling never keeps and PPO samples too seldom (README, "The pipeline")."""
+    every_round: bool = False
+    """Also after rejection sampling in the rounds before the last, so that every version is
+    treated and the next round samples its preferences from treated models."""
     samples_per_prompt: int = 64
     """Samples per red-team prompt, ranked by the round's combined reward: a compliance the
     policy makes in one sample of ten needs dozens of samples to show up in most prompts."""

@@ -243,26 +243,46 @@ def _accuracy_table(rounds: Mapping[str, Mapping[str, Any]]) -> str:
     return markdown_table(["round", "ranked by", *RATINGS, "overall", "Bayes ceiling"], rows)
 
 
-def _safety_dpo_section(result: Mapping[str, Any] | None) -> list[str]:
-    """The last round's safety DPO in numbers (none when it is off)."""
-    if result is None:
-        return []
+def _safety_dpo_section(rounds: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Each safety DPO stage in numbers, one row per round that ran one (none when off)."""
     rows = [
-        ["red-team prompts", result["prompts"]],
-        ["pairs (best against worst of the policy's samples)", result["pairs"]],
         [
-            "mean reward of the best / worst sample",
-            f"{result['mean_reward_best']:.3f} / {result['mean_reward_worst']:.3f}",
-        ],
-        ["steps", result["steps"]],
-        ["loss, first / last step", f"{result['first_loss']:.3f} / {result['last_loss']:.3f}"],
-        ["pairs the reference ranks right by likelihood", result["reference_accuracy"]],
-        ["pairs moved the right way (DPO margin > 0)", result["final_accuracy"]],
+            name,
+            r["prompts"],
+            r["pairs"],
+            r["mean_reward_best"],
+            r["mean_reward_worst"],
+            r["steps"],
+            r["first_loss"],
+            r["last_loss"],
+            r["reference_accuracy"],
+            r["final_accuracy"],
+        ]
+        for name, stages_of_round in rounds.items()
+        if (r := stages_of_round["safety_dpo"]) is not None
+    ]
+    if not rows:
+        return []
+    header = [
+        "round",
+        "red-team prompts",
+        "pairs",
+        "mean reward, best sample",
+        "mean reward, worst sample",
+        "steps",
+        "loss, first step",
+        "loss, last step",
+        "pairs the reference ranks right",
+        "pairs moved the right way",
     ]
     return [
-        "## Safety DPO after PPO (last round)\n\n"
-        + markdown_table(["", "value"], rows)
-        + "\n\nThe version's sampled violation rate above is measured after this stage."
+        "## Safety DPO\n\n"
+        + markdown_table(header, rows)
+        + "\n\nPairs: the i-th best of the policy's samples for a red-team prompt against the "
+        "i-th worst, by the round's combined reward. 'Ranks right': the policy before the stage "
+        "gives the chosen sample the higher likelihood; 'moved the right way': the DPO margin "
+        "is positive after training. Each version's sampled violation rate above is measured "
+        "after its round's stage."
     ]
 
 
@@ -373,7 +393,7 @@ def write_pipeline_report(
         "## Mean max reward among N samples against temperature (Figure 8)\n\n"
         + markdown_table(["version", *(f"T={t}" for t in FIGURE_TEMPERATURES)], temperature_rows),
         kl_section,
-        *_safety_dpo_section(last_round["safety_dpo"]),
+        *_safety_dpo_section(rounds),
         "## Wall time per stage\n\n"
         + markdown_table(["stage", "seconds"], [[k, v] for k, v in seconds.items()]),
     ]

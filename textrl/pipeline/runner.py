@@ -122,8 +122,9 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
             )
             kept = Path(rejection["kept"])
             checkpoint = rejection["checkpoint"]
+        last = index == config.rounds
         ppo = None
-        if index == config.rounds:
+        if last:
             ppo = ledger.run(
                 f"{name} ppo",
                 directory / "ppo",
@@ -133,7 +134,7 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
             )
             checkpoint = ppo["checkpoint"]
         safety_dpo = None
-        if index == config.rounds and config.safety_dpo.enabled:
+        if config.safety_dpo.enabled and (last or config.safety_dpo.every_round):
             safety_dpo = ledger.run(
                 f"{name} safety DPO",
                 directory / "safety_dpo",
