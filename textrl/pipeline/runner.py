@@ -56,6 +56,27 @@ class StageLedger:
         return {name: entry["seconds"] for name, entry in self.finished.items()}
 
 
+def _rewarded_stage(
+    stage: Callable[..., dict[str, Any]],
+    config: PipelineConfig,
+    round_index: int,
+    policy: str,
+    reward_models: dict[str, Any],
+    data: Path | None,
+) -> Callable[[Path], dict[str, Any]]:
+    """A stage that samples ``policy`` and scores it with the round's combined reward, as
+    the ledger runs it: the reward, whose calibration samples the policy, is built only if
+    the stage is not already done."""
+    return lambda directory: stage(
+        config,
+        round_index,
+        policy,
+        stages.combined_reward(config, reward_models, policy),
+        data,
+        directory,
+    )
+
+
 def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
     """SFT, then rounds V1..Vn of preferences, reward models, rejection sampling (and PPO
     and safety DPO in the last round), each version evaluated by the gold judges; then the report.
@@ -109,15 +130,8 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
             rejection = ledger.run(
                 f"{name} rejection sampling",
                 directory / "rejection_sampling",
-                lambda d, index=index, policy=latest, rms=reward_models, earlier=kept: (
-                    stages.rejection_sampling_stage(
-                        config,
-                        index,
-                        policy,
-                        stages.combined_reward(config, rms, policy),
-                        earlier,
-                        d,
-                    )
+                _rewarded_stage(
+                    stages.rejection_sampling_stage, config, index, latest, reward_models, kept
                 ),
             )
             kept = Path(rejection["kept"])
@@ -138,15 +152,13 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
             safety_dpo = ledger.run(
                 f"{name} safety DPO",
                 directory / "safety_dpo",
-                lambda d, index=index, policy=checkpoint, rms=reward_models, p=preferences: (
-                    stages.safety_dpo_stage(
-                        config,
-                        index,
-                        policy,
-                        stages.combined_reward(config, rms, policy),
-                        Path(p["train"]),
-                        d,
-                    )
+                _rewarded_stage(
+                    stages.safety_dpo_stage,
+                    config,
+                    index,
+                    checkpoint,
+                    reward_models,
+                    Path(preferences["train"]),
                 ),
             )
             checkpoint = safety_dpo["checkpoint"]
