@@ -545,9 +545,10 @@ def safety_dpo_stage(
     ranked by the combined reward (the safety score, as the prompts are safety-tagged), the
     best against the worst, the policy on entry as the reference.
 
-    Why after PPO: rejection sampling keeps only the best sample, so it never shows the policy
-    its rare compliance on a harmful prompt, and PPO samples it too seldom to push it down;
-    the sampled violation rate rose through every round (README, "The pipeline")."""
+    Why: rejection sampling keeps only the best sample, so it never shows the policy its rare
+    compliance on a harmful prompt, and PPO samples it too seldom to push it down; the sampled
+    violation rate rose through every round (README, "The pipeline"). It runs after PPO in the
+    last round, and with ``every_round`` after rejection sampling in the earlier ones."""
     settings = config.safety_dpo
     prompts = red_team_prompts(preferences)
     if not prompts:
