@@ -97,9 +97,10 @@ from textrl.chat import format_prompt
 from textrl.combined_reward import CombinedReward
 from textrl.generation import generate_responses
 from textrl.models import disable_dropout, load_causal_lm, tiny_llama
+from textrl.optim import ADAM_BETAS, ADAM_EPS
 from textrl.prompts import PromptSource
 from textrl.reward_model import encode_pairs, load_reward_model
-from textrl.rlhf_ppo import ADAM_BETAS, ADAM_EPS, RLHFConfig, build_ppo
+from textrl.rlhf_ppo import RLHFConfig, build_ppo
 from textrl.sampling import SamplingConfig
 from textrl.tokenization import build_char_tokenizer
 from textrl.world.splits import split_tasks

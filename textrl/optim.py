@@ -13,6 +13,10 @@ from collections.abc import Callable
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
+ADAM_BETAS = (0.9, 0.95)
+ADAM_EPS = 1e-5
+"""Llama 2's AdamW constants (section 2.2), used in every stage."""
+
 
 def cosine_with_warmup(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
     """Learning-rate factor: linear warm-up over ``warmup_steps``, then cosine to 0."""
@@ -42,8 +46,8 @@ def adamw_with_cosine(
             {"params": no_decay, "weight_decay": 0.0},
         ],
         lr=learning_rate,
-        betas=(0.9, 0.95),
-        eps=1e-5,
+        betas=ADAM_BETAS,
+        eps=ADAM_EPS,
     )
     warmup_steps = max(1, round(warmup_fraction * total_steps))
     return optimizer, LambdaLR(optimizer, cosine_with_warmup(total_steps, warmup_steps))

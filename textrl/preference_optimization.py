@@ -30,6 +30,7 @@ from tqdm import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from textrl.lm_losses import dpo_loss
+from textrl.optim import ADAM_BETAS, ADAM_EPS
 from textrl.reward_model import encode_responses, summed_log_probs
 
 
@@ -68,8 +69,6 @@ class DPOConfig:
     learning_rate: float = 3e-5
     epochs: int = 2
     batch_size: int = 32
-    betas: tuple[float, float] = (0.9, 0.95)
-    eps: float = 1e-5
     max_grad_norm: float = 1.0
     seed: int = 0
 
@@ -126,8 +125,8 @@ def train_dpo(
     optimizer = torch.optim.AdamW(
         model.parameters(),
         lr=config.learning_rate,
-        betas=config.betas,
-        eps=config.eps,
+        betas=ADAM_BETAS,
+        eps=ADAM_EPS,
         weight_decay=0.0,
     )
     model.train()

@@ -52,6 +52,7 @@ from textrl.jsonl import read_jsonl
 from textrl.kl import AdaptiveKLController, KLEstimator
 from textrl.masked import ReduceSum
 from textrl.models import disable_dropout, load_causal_lm
+from textrl.optim import ADAM_BETAS, ADAM_EPS
 from textrl.reports import markdown_table, reward_vs_kl_figure, write_report
 from textrl.reward_baseline import BaselinedReward
 from textrl.sampling import SamplingConfig
@@ -263,11 +264,6 @@ def _combined_reward(
         config.max_new_tokens,
         config.device,
     )
-
-
-ADAM_BETAS = (0.9, 0.95)
-ADAM_EPS = 1e-5
-"""Llama 2's AdamW constants (section 2.2), used in every stage."""
 
 
 def build_ppo(

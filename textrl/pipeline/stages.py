@@ -32,6 +32,7 @@ from textrl.combined_reward import CombinedReward
 from textrl.generation import generate_responses
 from textrl.jsonl import write_jsonl_atomically
 from textrl.models import disable_dropout, load_causal_lm, tiny_llama
+from textrl.optim import ADAM_BETAS, ADAM_EPS
 from textrl.pipeline.config import PipelineConfig
 from textrl.preference_optimization import DPOConfig, best_against_worst_pairs, train_dpo
 from textrl.reward_model import (
@@ -41,7 +42,7 @@ from textrl.reward_model import (
     load_reward_model,
     train_reward_model,
 )
-from textrl.rlhf_ppo import ADAM_BETAS, ADAM_EPS, RLHFConfig, train_rlhf_ppo
+from textrl.rlhf_ppo import RLHFConfig, train_rlhf_ppo
 from textrl.sampling import SamplingConfig
 from textrl.sft import SFTConfig, checkpoint_path, save_checkpoint, train_sft
 from textrl.tokenization import build_char_tokenizer
@@ -587,8 +588,6 @@ def safety_dpo_stage(
                 learning_rate=settings.learning_rate,
                 epochs=settings.epochs,
                 batch_size=settings.batch_size,
-                betas=ADAM_BETAS,
-                eps=ADAM_EPS,
                 seed=seed,
             ),
             writer,
