@@ -69,8 +69,11 @@ class LMActorCriticPolicy(Policy):
         )
         self.model = model
         self.critic_model = critic_model
-        hidden_size = (critic_model or model).config.hidden_size
-        self.value_head = nn.Linear(hidden_size, 1)
+        backbone = critic_model or model
+        # on the backbone's device: rejection sampling never moves the policy as a whole
+        self.value_head = nn.Linear(
+            backbone.config.hidden_size, 1, device=next(backbone.parameters()).device
+        )
         nn.init.zeros_(self.value_head.weight)
         nn.init.zeros_(self.value_head.bias)
         self.max_prompt_tokens = max_prompt_tokens

@@ -22,6 +22,7 @@ from textrl.tokenization import build_char_tokenizer
 TOY_CONFIG = """
 output_dir = "{out}"
 rounds = 2
+device = "{device}"
 
 [model]
 hidden_size = 32
@@ -63,15 +64,25 @@ violation_samples = 8
 """
 
 
-def toy_config_file(tmp_path: Path) -> Path:
+def toy_config_file(tmp_path: Path, device: str = "cpu") -> Path:
     path = tmp_path / "toy.toml"
-    path.write_text(TOY_CONFIG.format(out=tmp_path / "run"))
+    path.write_text(TOY_CONFIG.format(out=tmp_path / "run", device=device))
     return path
 
 
 @pytest.mark.slow
-def test_the_pipeline_runs_every_stage_and_writes_its_report(tmp_path):
-    config = load_pipeline_config(toy_config_file(tmp_path))
+@pytest.mark.parametrize(
+    "device",
+    [
+        "cpu",
+        pytest.param(
+            "cuda",
+            marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+        ),
+    ],
+)
+def test_the_pipeline_runs_every_stage_and_writes_its_report(tmp_path, device):
+    config = load_pipeline_config(toy_config_file(tmp_path, device))
     summary = run_pipeline(config)
     assert [v["name"] for v in summary["versions"]] == ["SFT", "RLHF-V1", "RLHF-V2"]
     for version in summary["versions"]:

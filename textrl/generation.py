@@ -21,6 +21,10 @@ from textrl.chat import format_prompt
 from textrl.decoding import IncrementalDecoder
 from textrl.sampling import SamplingConfig, sample_next_tokens
 
+ACCELERATOR_ROWS = 1024
+"""Rows decoded at once on an accelerator (SmolLM2-135M: about 6 GB of fp32 KV cache at 32
+new tokens after a 100-token prompt)."""
+
 
 @torch.no_grad()
 def generate_responses(
@@ -36,11 +40,18 @@ def generate_responses(
 ) -> list[str]:
     """One sampled response per prompt (special tokens stripped), in the prompts' order.
 
+    ``batch_size`` rows are decoded at once on a CPU, at least ``ACCELERATOR_ROWS`` on an
+    accelerator: there a decoding step is bound by kernel launches, not by rows, so a batch of
+    64 costs as much per step as one of 1,024, while on a CPU a step's cost grows with its rows
+    (and the caller's batch keeps a CPU run's sampled stream what it was).
+
     ``synced``: ``model`` is sharded by FSDP, so each forward is a collective; every rank
     passes as many prompts, and a rank whose rows have all ended feeds padding (its
     responses unchanged) until every rank's have.
     """
     device = next(model.parameters()).device
+    if device.type != "cpu":
+        batch_size = max(batch_size, ACCELERATOR_ROWS)
     texts = [format_prompt(tokenizer, prompt, use_chat_template) for prompt in prompts]
     encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
