@@ -41,9 +41,9 @@ def generate_responses(
     """One sampled response per prompt (special tokens stripped), in the prompts' order.
 
     ``batch_size`` rows are decoded at once on a CPU, at least ``ACCELERATOR_ROWS`` on an
-    accelerator: there a decoding step is bound by kernel launches, not by rows, so a batch of
-    64 costs as much per step as one of 1,024, while on a CPU a step's cost grows with its rows
-    (and the caller's batch keeps a CPU run's sampled stream what it was).
+    accelerator: there a small model's decoding step is bound by kernel launches rather than
+    by rows, so fewer, wider steps finish sooner, while on a CPU a step's cost grows with its
+    rows (and the caller's batch keeps a CPU run's sampled stream what it was).
 
     ``synced``: ``model`` is sharded by FSDP, so each forward is a collective; every rank
     passes as many prompts, and a rank whose rows have all ended feeds padding (its
