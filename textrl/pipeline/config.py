@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 from textrl.jsonl import DataFormatError
+from textrl.preference_optimization import DPOConfig
 from textrl.world.demonstrations import CAUTIOUS_WRITERS, WORDY_WRITERS
 
 
@@ -127,11 +128,11 @@ class SafetyDPOSection:
     pairs_per_prompt: int = 16
     """The i-th best sample against the i-th worst, for i below this."""
     temperature: float = 1.0
-    beta: float = 0.1
-    nll_coefficient: float = 1.0
-    learning_rate: float = 3e-5
-    epochs: int = 2
-    batch_size: int = 32
+    beta: float = DPOConfig.beta
+    nll_coefficient: float = DPOConfig.nll_coefficient
+    learning_rate: float = DPOConfig.learning_rate
+    epochs: int = DPOConfig.epochs
+    batch_size: int = DPOConfig.batch_size
 
 
 @dataclass(frozen=True)
