@@ -42,7 +42,7 @@ evaluation_pairs = 24
 [rejection_sampling]
 samples_per_prompt = 2
 prompts_per_round = 16
-epochs = 1
+epochs = [2, 1]
 
 [ppo]
 iterations = 2
@@ -130,6 +130,9 @@ def test_the_pipeline_runs_every_stage_and_writes_its_report(tmp_path, device):
     ledger = json.loads((out / LEDGER_FILE).read_text())
     safety_dpo = ledger["RLHF-V2 safety DPO"]["result"]
     assert ledger["evaluate RLHF-V2"]["result"]["checkpoint"] == safety_dpo["checkpoint"]
+    # the epoch schedule [2, 1]: two passes over the kept set in round 1, one in round 2
+    rs_epochs = [ledger[f"RLHF-V{i} rejection sampling"]["result"]["epochs"] for i in (1, 2)]
+    assert rs_epochs == [2, 1]
     # with every_round, round 1's version is its safety DPO checkpoint, after its RS
     round1_dpo = ledger["RLHF-V1 safety DPO"]["result"]["checkpoint"]
     assert ledger["evaluate RLHF-V1"]["result"]["checkpoint"] == round1_dpo
@@ -182,6 +185,9 @@ def test_config_errors_name_the_file_line_and_field(tmp_path):
     path.write_text("[ppo]\niterations = 3\nclip = 0.1\n")
     with pytest.raises(DataFormatError, match=r"bad.toml:3: unknown field 'ppo.clip'"):
         load_pipeline_config(path)
+    path.write_text("[rejection_sampling]\nepochs = []\n")
+    with pytest.raises(DataFormatError, match=r"bad.toml:2: field 'rejection_sampling.epochs'"):
+        load_pipeline_config(path)
     path.write_text("rounds = \n")
     with pytest.raises(DataFormatError, match="not valid TOML"):
         load_pipeline_config(path)
@@ -212,6 +218,16 @@ def test_a_killed_pipeline_resumes_after_its_last_finished_stage(tmp_path):
     for name, entry in finished_before.items():  # not run again
         assert finished_after[name] == entry
     assert "report" in finished_after and Path(summary["report"]).exists()
+
+
+def test_rejection_sampling_epochs_are_one_number_or_one_per_round(tmp_path):
+    path = tmp_path / "epochs.toml"
+    path.write_text("[rejection_sampling]\nepochs = 3\n")
+    settings = load_pipeline_config(path).rejection_sampling
+    assert [settings.epochs_in_round(i) for i in (1, 2, 3)] == [3, 3, 3]
+    path.write_text("[rejection_sampling]\nepochs = [4, 2]\n")
+    settings = load_pipeline_config(path).rejection_sampling
+    assert [settings.epochs_in_round(i) for i in (1, 2, 3, 4)] == [4, 2, 2, 2]  # the last repeats
 
 
 def test_the_shipped_configs_load():

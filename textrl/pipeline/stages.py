@@ -363,6 +363,7 @@ def rejection_sampling_stage(
     (``distributed.shard_per_layer``) and every rank decodes in lockstep.
     """
     settings = config.rejection_sampling
+    epochs = settings.epochs_in_round(round_index)
     seed = config.seed * 1000 + round_index
     context = distributed.setup(config.device)
     torch.manual_seed(seed)
@@ -429,7 +430,7 @@ def rejection_sampling_stage(
         stats = algorithm.update(
             buffer,
             batch_size=settings.minibatch_size * config.evaluation.max_new_tokens,
-            repeat=settings.epochs,
+            repeat=epochs,
         )
     kept = [e for part in distributed.all_gather_object(algorithm.kept_episodes) for e in part]
     checkpoint = checkpoint_path(directory, round_index)
@@ -444,6 +445,7 @@ def rejection_sampling_stage(
         "checkpoint": str(checkpoint),
         "kept": str(directory / KEPT_FILE),
         "temperature": temperature,
+        "epochs": epochs,
         "best_of_k_reward_by_temperature": temperature_scores,
         "sampled_mean_reward": stats.sampled_mean_return,
         "best_of_k_mean_reward": stats.best_of_k_mean_return,
