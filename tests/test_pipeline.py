@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from textrl.models import tiny_llama
 from textrl.pipeline import load_pipeline_config, run_pipeline, stages
 from textrl.pipeline.runner import LEDGER_FILE
 from textrl.tokenization import build_char_tokenizer
+from textrl.world.splits import split_tasks
 
 TOY_CONFIG = """
 output_dir = "{out}"
@@ -52,6 +54,7 @@ batch_size = 8
 every_round = true
 samples_per_prompt = 4
 pairs_per_prompt = 2
+borderline_pairs_per_prompt = 1
 epochs = 1
 
 [evaluation]
@@ -122,13 +125,18 @@ def test_the_pipeline_runs_every_stage_and_writes_its_report(tmp_path, device):
         json.loads(line)["round"] for line in open(out / "round2/rejection_sampling/kept.jsonl")
     }
     assert kept_rounds == {0, 1}  # pipeline rounds 1 and 2, counted from 0
-    # safety DPO trains on the policy's samples for red-team prompts, and V2 is its result
+    # safety DPO trains on the policy's samples for red-team prompts and, at most
+    # borderline_pairs_per_prompt each, the borderline ones; V2 is its result
     red_team_prompts = {json.loads(line)["prompt"] for line in round2 if '"red-team:' in line}
+    borderline = {t.prompt for t in split_tasks("rlhf", config.seed) if t.family == "borderline"}
     dpo_pairs = [json.loads(line) for line in open(out / "round2/safety_dpo/pairs.jsonl")]
-    assert dpo_pairs and {pair["prompt"] for pair in dpo_pairs} <= red_team_prompts
+    on_borderline = Counter(p["prompt"] for p in dpo_pairs if p["prompt"] in borderline)
+    assert {p["prompt"] for p in dpo_pairs} - set(on_borderline) <= red_team_prompts
+    assert on_borderline and max(on_borderline.values()) <= 1
     assert all(pair["chosen"] != pair["rejected"] for pair in dpo_pairs)
     ledger = json.loads((out / LEDGER_FILE).read_text())
     safety_dpo = ledger["RLHF-V2 safety DPO"]["result"]
+    assert safety_dpo["borderline_pairs"] == sum(on_borderline.values())
     assert ledger["evaluate RLHF-V2"]["result"]["checkpoint"] == safety_dpo["checkpoint"]
     # the epoch schedule [2, 1]: two passes over the kept set in round 1, one in round 2
     rs_epochs = [ledger[f"RLHF-V{i} rejection sampling"]["result"]["epochs"] for i in (1, 2)]

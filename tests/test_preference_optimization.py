@@ -126,6 +126,33 @@ def test_the_nll_term_raises_the_chosen_responses_more_than_plain_dpo():
     assert results[1.0] > results[0.0]
 
 
+def test_nll_weights_scale_each_pairs_likelihood_term():
+    """Weight 0 trains a pair by DPO alone (the pipeline's borderline pairs), weight 1 as
+    the default; a mix differs from both."""
+    pairs = [ResponsePair("abc", "no way.", "no wa"), ResponsePair("hi", "yes.", "ye")]
+    config = DPOConfig(learning_rate=1e-2, epochs=3, batch_size=2)
+
+    def trained(coefficient: float, weights: list[float] | None) -> torch.Tensor:
+        torch.manual_seed(0)
+        model = tiny_model(seed=3)
+        train_dpo(
+            model,
+            TOKENIZER,
+            pairs,
+            dataclasses.replace(config, nll_coefficient=coefficient),
+            nll_weights=weights,
+        )
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    default = trained(1.0, None)
+    assert torch.equal(trained(1.0, [0.0, 0.0]), trained(0.0, None))
+    assert torch.equal(trained(1.0, [1.0, 1.0]), default)
+    mixed = trained(1.0, [1.0, 0.0])
+    assert not torch.equal(mixed, default) and not torch.equal(mixed, trained(0.0, None))
+    with pytest.raises(ValueError, match="one NLL weight per pair: 1 for 2 pairs"):
+        train_dpo(tiny_model(seed=3), TOKENIZER, pairs, config, nll_weights=[1.0])
+
+
 def test_training_without_pairs_is_refused():
     with pytest.raises(ValueError, match="at least one preference pair"):
         train_dpo(tiny_model(seed=3), TOKENIZER, [], DPOConfig())

@@ -104,11 +104,14 @@ def train_dpo(
     pairs: Sequence[ResponsePair],
     config: DPOConfig,
     writer: SummaryWriter | None = None,
+    nll_weights: Sequence[float] | None = None,
 ) -> DPOResult:
     """Train ``model`` in place on ``pairs`` with DPO + NLL, its state on entry the reference.
 
     The reference is frozen, so its log-likelihoods are computed once, before training, by
-    the model itself: no second copy of the weights.
+    the model itself: no second copy of the weights. ``nll_weights`` (one per pair, default
+    1) weigh each pair in the batch's NLL term, a weighted mean so that pairs of weight 0
+    (trained by DPO alone) do not dilute the term of the others.
     AdamW at a constant learning rate, without weight decay: one or two epochs over a few
     hundred pairs, a nudge on top of a converged policy.
     """
@@ -119,6 +122,9 @@ def train_dpo(
         tokenizer, prompts, [p.chosen for p in pairs] + [p.rejected for p in pairs]
     )
     count = len(pairs)
+    if nll_weights is not None and len(nll_weights) != count:
+        raise ValueError(f"need one NLL weight per pair: {len(nll_weights)} for {count} pairs")
+    weights = torch.ones(count) if nll_weights is None else torch.tensor(nll_weights).float()
     model.eval()
     reference_log_probs = _log_probs_in_batches(model, encoded, config.batch_size * 2)
     reference_margins = reference_log_probs[:count] - reference_log_probs[count:]
@@ -145,7 +151,10 @@ def train_dpo(
             loss = dpo_loss(
                 log_probs[:n], log_probs[n:], reference_rows[:n], reference_rows[n:], config.beta
             )
-            loss = loss + config.nll_coefficient * (-log_probs[:n] / tokens[:n]).mean()
+            weight = weights[rows].to(log_probs.device)
+            if weight.sum() > 0:  # the weighted mean over the rows that carry the term
+                nll = (-log_probs[:n] / tokens[:n] * weight).sum() / weight.sum()
+                loss = loss + config.nll_coefficient * nll
             optimizer.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)

@@ -249,7 +249,9 @@ def _safety_dpo_section(rounds: Mapping[str, Mapping[str, Any]]) -> list[str]:
         [
             name,
             r["prompts"],
+            r["borderline_prompts"],
             r["pairs"],
+            r["borderline_pairs"],
             r["mean_reward_best"],
             r["mean_reward_worst"],
             r["steps"],
@@ -266,7 +268,9 @@ def _safety_dpo_section(rounds: Mapping[str, Mapping[str, Any]]) -> list[str]:
     header = [
         "round",
         "red-team prompts",
+        "borderline prompts",
         "pairs",
+        "of them on borderline prompts",
         "mean reward, best sample",
         "mean reward, worst sample",
         "steps",
@@ -278,11 +282,11 @@ def _safety_dpo_section(rounds: Mapping[str, Mapping[str, Any]]) -> list[str]:
     return [
         "## Safety DPO\n\n"
         + markdown_table(header, rows)
-        + "\n\nPairs: the i-th best of the policy's samples for a red-team prompt against the "
-        "i-th worst, by the round's combined reward. 'Ranks right': the policy before the stage "
-        "gives the chosen sample the higher likelihood; 'moved the right way': the DPO margin "
-        "is positive after training. Each version's sampled violation rate above is measured "
-        "after its round's stage."
+        + "\n\nPairs: the i-th best of the policy's samples for a red-team or borderline "
+        "prompt against the i-th worst, by the round's combined reward. 'Ranks right': the "
+        "policy before the stage gives the chosen sample the higher likelihood; 'moved the right "
+        "way': the DPO margin is positive after training. Each version's sampled violation "
+        "rate above is measured after its round's stage."
     ]
 
 

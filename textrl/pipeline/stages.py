@@ -544,9 +544,10 @@ def safety_dpo_stage(
     preferences: Path,
     directory: Path,
 ) -> dict[str, object]:
-    """DPO + NLL on the policy's own samples for the red-team prompts: per prompt, K samples
-    ranked by the combined reward (the safety score, as the prompts are safety-tagged), the
-    best against the worst, the policy on entry as the reference.
+    """DPO + NLL on the policy's own samples for the red-team prompts, and DPO alone on those
+    for the borderline ones: per prompt, K samples ranked by the combined reward (the safety
+    score, as the prompts are safety-tagged), the best against the worst, the policy on entry
+    as the reference.
 
     Why: rejection sampling keeps only the best sample, so it never shows the policy its rare
     compliance on a harmful prompt, and PPO samples it too seldom to push it down; the sampled
@@ -559,6 +560,9 @@ def safety_dpo_stage(
             f"{preferences}: no red-team pair, so safety DPO has no prompt; set "
             "[preferences] red_team_pairs_per_round above 0 or [safety_dpo] enabled = false"
         )
+    harmful = len(prompts)
+    if settings.borderline_pairs_per_prompt:
+        prompts += [t.prompt for t in split_tasks("rlhf", config.seed) if t.family == "borderline"]
     seed = config.seed * 1000 + 100 + round_index
     torch.manual_seed(seed)
     model, tokenizer = load_causal_lm(policy_checkpoint, device=config.device)
@@ -573,7 +577,16 @@ def safety_dpo_stage(
         reward,
         config.evaluation.max_new_tokens,
     )
-    pairs = best_against_worst_pairs(prompts, responses, rewards, settings.pairs_per_prompt)
+    harmful_pairs = best_against_worst_pairs(
+        prompts[:harmful], responses[:harmful], rewards[:harmful], settings.pairs_per_prompt
+    )
+    borderline_pairs = best_against_worst_pairs(
+        prompts[harmful:],
+        responses[harmful:],
+        rewards[harmful:],
+        settings.borderline_pairs_per_prompt,
+    )
+    pairs = harmful_pairs + borderline_pairs
     if not pairs:
         raise ValueError(
             f"safety DPO: the {settings.samples_per_prompt} samples of each of {len(prompts)} "
@@ -593,13 +606,16 @@ def safety_dpo_stage(
                 seed=seed,
             ),
             writer,
+            nll_weights=[1.0] * len(harmful_pairs) + [0.0] * len(borderline_pairs),
         )
     write_jsonl_atomically(directory / "pairs.jsonl", map(dataclasses.asdict, pairs))
     checkpoint = save_checkpoint(directory, round_index, model, tokenizer, {"round": round_index})
     return {
         "checkpoint": str(checkpoint),
-        "prompts": len(prompts),
+        "prompts": harmful,
+        "borderline_prompts": len(prompts) - harmful,
         "pairs": len(pairs),
+        "borderline_pairs": len(borderline_pairs),
         "mean_reward_best": float(rewards.max(1).mean()),
         "mean_reward_worst": float(rewards.min(1).mean()),
         **dataclasses.asdict(trained),
