@@ -589,8 +589,9 @@ def safety_dpo_stage(
     pairs = harmful_pairs + borderline_pairs
     if not pairs:
         raise ValueError(
-            f"safety DPO: the {settings.samples_per_prompt} samples of each of {len(prompts)} "
-            "red-team prompts tie in reward or text, so no pair can be formed"
+            f"safety DPO: the {settings.samples_per_prompt} samples of each of {harmful} "
+            f"red-team and {len(prompts) - harmful} borderline prompts tie in reward or text, "
+            "so no pair can be formed"
         )
     with SummaryWriter(str(directory / "tensorboard")) as writer:
         trained = train_dpo(
