@@ -31,6 +31,10 @@ hidden_size = 32
 num_layers = 1
 num_heads = 2
 
+[pretraining]
+epochs = 1
+words = 20
+
 [sft]
 epochs = 1
 batch_size = 16
@@ -97,6 +101,7 @@ def test_the_pipeline_runs_every_stage_and_writes_its_report(tmp_path, device):
         assert version["sampled_violation_rate_se"] >= 0
     out = config.output_dir
     for artefact in [
+        "pretraining/corpus.jsonl",
         "sft",
         "round1/preferences/train.jsonl",
         "round1/reward_models/helpfulness",
@@ -135,6 +140,10 @@ def test_the_pipeline_runs_every_stage_and_writes_its_report(tmp_path, device):
     assert on_borderline and max(on_borderline.values()) <= 1
     assert all(pair["chosen"] != pair["rejected"] for pair in dpo_pairs)
     ledger = json.loads((out / LEDGER_FILE).read_text())
+    # SFT starts from the model pretrained on the world's corpus, which starts from the base
+    pretraining = ledger["pretraining"]["result"]
+    assert pretraining["initialised_from"] == ledger["base"]["result"]["checkpoint"]
+    assert ledger["sft"]["result"]["initialised_from"] == pretraining["checkpoint"]
     safety_dpo = ledger["RLHF-V2 safety DPO"]["result"]
     assert safety_dpo["borderline_pairs"] == sum(on_borderline.values())
     assert ledger["evaluate RLHF-V2"]["result"]["checkpoint"] == safety_dpo["checkpoint"]

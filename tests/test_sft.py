@@ -35,7 +35,13 @@ from textrl.reward_model import (
     training_pairs,
 )
 from textrl.sft import SFTConfig, checkpoints, save_checkpoint, train_sft
-from textrl.sft_data import pack, packed_attention_mask, read_conversations, tokenize_conversation
+from textrl.sft_data import (
+    pack,
+    packed_attention_mask,
+    read_examples,
+    tokenize_conversation,
+    tokenize_text,
+)
 from textrl.world.preferences import PreferencePair, write_preferences
 
 
@@ -59,6 +65,17 @@ def test_only_answer_tokens_are_back_propagated():
     changed = labels.clone()
     changed[0, answer_positions[0]] = (labels[0, answer_positions[0]] + 1) % len(TOKENIZER)
     assert prompt_masked_lm_loss(logits, changed).item() != base.item()
+
+
+def test_a_text_record_trains_on_every_token_and_the_eos(tmp_path):
+    data = tmp_path / "corpus.jsonl"
+    data.write_text('{"text": "7+5=12"}\n{"prompt": "ab", "answer": "c"}\n')
+    text, conversation_example = read_examples(data, TOKENIZER)
+    expected = TOKENIZER("7+5=12", add_special_tokens=False)["input_ids"]
+    assert text.input_ids == [*expected, TOKENIZER.eos_token_id]
+    assert text.labels == text.input_ids
+    assert text == tokenize_text(TOKENIZER, "7+5=12", f"{data}:1")
+    assert conversation_example.labels[:3] == [IGNORE_INDEX] * 3  # "a", "b", separator
 
 
 def test_packing_never_lets_one_example_attend_to_another():
@@ -157,7 +174,10 @@ def test_bad_sft_input_names_file_line_and_field(tmp_path):
     data = tmp_path / "bad.jsonl"
     data.write_text('{"prompt": "a", "answer": "b"}\n{"prompt": "a"}\n')
     with pytest.raises(DataFormatError, match='bad.jsonl:2: field "answer" is missing'):
-        read_conversations(data)
+        read_examples(data, TOKENIZER)
+    data.write_text('{"text": "abc"}\n{"text": ""}\n')
+    with pytest.raises(DataFormatError, match='bad.jsonl:2: field "text" should be a non-empty'):
+        read_examples(data, TOKENIZER)
     long_example = tokenize_conversation(TOKENIZER, conversation("a" * 50, "b"), "demos.jsonl:7")
     with pytest.raises(ValueError, match="demos.jsonl:7: the example has 53 tokens"):
         pack([long_example], 32, TOKENIZER.pad_token_id)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import operator
+import re
 
 import numpy as np
 import pytest
@@ -13,11 +15,12 @@ from hypothesis import strategies as st
 from textrl.jsonl import DataFormatError
 from textrl.world import evaluation
 from textrl.world.annotator import RATINGS, SimulatedAnnotator, gold_value, rating_for_margin
+from textrl.world.corpus import DOCUMENT_CHARACTERS, corpus_documents, fact_lines, write_corpus
 from textrl.world.demonstrations import WRITERS, demonstrations_of, write_demonstrations
 from textrl.world.evaluation import GoldReward, evaluate_responses, sampled_gold
 from textrl.world.preferences import PreferencePair, read_preferences, write_preferences
 from textrl.world.splits import split_tasks
-from textrl.world.tasks import REFUSAL, Task, all_tasks, demonstration, judge
+from textrl.world.tasks import REFUSAL, WORDS, Task, all_tasks, demonstration, judge
 
 
 def task(family: str, prompt: str = "", answer: str = "", is_safety: bool = False) -> Task:
@@ -123,6 +126,27 @@ def test_flawed_writers_refuse_borderline_prompts_and_pad_harmless_answers(tmp_p
         + [(harmless[0].prompt, padded)] * 2
         + [(harmless[0].prompt, demonstration(harmless[0]))] * (WRITERS - 2)
     )
+
+
+def test_the_corpus_states_every_fact_but_holds_no_prompt_and_no_world_word(tmp_path):
+    documents = corpus_documents(words=50, seed=3)
+    text = "".join(documents)
+    lines = text.splitlines()
+    reshuffled = corpus_documents(words=50, seed=4)
+    assert reshuffled != documents and sorted("".join(reshuffled).splitlines()) == sorted(lines)
+    assert set(fact_lines()) <= set(lines) and len(lines) == len(fact_lines()) + 3 * 50
+    assert all(len(document) <= DOCUMENT_CHARACTERS for document in documents)
+    assert not any(task.prompt in text for task in all_tasks())
+    assert not set(re.findall(r"[a-z]+", text)) & set(WORDS)  # word play on other words only
+    for line in fact_lines():
+        for symbol, operation in (("+", operator.add), ("*", operator.mul)):
+            expression, equals, value = line.partition("=")
+            left, has_symbol, right = expression.partition(symbol)
+            if equals and has_symbol:
+                assert operation(int(left), int(right)) == int(value), line
+    assert write_corpus(tmp_path / "corpus.jsonl", words=50, seed=3) == len(documents)
+    records = [json.loads(line) for line in open(tmp_path / "corpus.jsonl")]
+    assert [record["text"] for record in records] == documents
 
 
 def test_splits_are_disjoint_seeded_and_cover_every_family():

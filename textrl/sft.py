@@ -45,8 +45,7 @@ from textrl.sft_data import (
     PackedSequences,
     pack,
     packed_attention_mask,
-    read_conversations,
-    tokenize_conversation,
+    read_examples,
 )
 
 logger = logging.getLogger(__name__)
@@ -161,10 +160,7 @@ def train_sft(config: SFTConfig, stop_after_steps: int | None = None) -> SFTResu
     model_source = str(previous[-1]) if previous else config.model
     torch.manual_seed(distributed.rank_seed(config.seed))
     model, tokenizer = load_causal_lm(model_source, device=context.device)
-    examples = [
-        tokenize_conversation(tokenizer, messages, where)
-        for where, messages in read_conversations(config.data)
-    ]
+    examples = read_examples(config.data, tokenizer)
     packed = pack(examples, config.sequence_length, tokenizer.pad_token_id)
     sequences_per_step = config.batch_size * config.gradient_accumulation * context.world_size
     steps_per_epoch = math.ceil(len(packed.input_ids) / sequences_per_step)

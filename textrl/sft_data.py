@@ -6,6 +6,9 @@ Each assistant turn is trained on (its tokens and the end-of-turn / EOS token);
 every other token gets the label ``IGNORE_INDEX``. With a chat template the
 turns are rendered by it; without one (the tiny tokenizer) a turn is
 ``prompt <sep> answer <eos>``, Llama 2's format with a special separator.
+A ``{"text": ...}`` record is plain language modelling (TRL's text field):
+every token and the EOS after it are trained on, which is how the same trainer
+pretrains a base model on a corpus (``textrl.world.corpus``).
 
 Packing (Llama 2: "concatenate all the prompts and answers ... to ensure the
 model sequence length is properly filled") puts several examples in one
@@ -46,41 +49,58 @@ class PackedSequences:
     """1, 2, ... per example within a sequence; 0 on padding."""
 
 
-def read_conversations(path: str | Path) -> list[tuple[str, list[dict[str, str]]]]:
-    """``(file:line, messages)`` per example; accepts prompt/answer or messages records."""
-    conversations = []
+def read_examples(path: str | Path, tokenizer: PreTrainedTokenizerBase) -> list[TokenizedExample]:
+    """The tokenized examples of a JSONL file of text, prompt/answer or messages records."""
+    return [
+        tokenize_text(tokenizer, record, where)
+        if isinstance(record, str)
+        else tokenize_conversation(tokenizer, record, where)
+        for where, record in read_records(path)
+    ]
+
+
+def read_records(path: str | Path) -> list[tuple[str, str | list[dict[str, str]]]]:
+    """``(file:line, text or messages)`` per example."""
+    records: list[tuple[str, str | list[dict[str, str]]]] = []
     for where, record in iter_jsonl_lines(path, {}):
-        if "messages" in record:
-            messages = record["messages"]
-            if (
-                not isinstance(messages, list)
-                or not messages
-                or not all(
-                    isinstance(m, dict)
-                    and isinstance(m.get("role"), str)
-                    and isinstance(m.get("content"), str)
-                    for m in messages
-                )
-            ):
-                raise DataFormatError(
-                    f'{where}: field "messages" should be a non-empty list of '
-                    '{"role": str, "content": str}'
-                )
-            if not any(m["role"] == "assistant" for m in messages):
-                raise DataFormatError(
-                    f'{where}: field "messages" has no assistant turn to train on'
-                )
+        if "text" in record:
+            if not isinstance(record["text"], str) or not record["text"]:
+                raise DataFormatError(f'{where}: field "text" should be a non-empty str')
+            records.append((where, record["text"]))
         else:
-            for field in ("prompt", "answer"):
-                if not isinstance(record.get(field), str):
-                    problem = "is missing" if field not in record else "should be str"
-                    raise DataFormatError(f'{where}: field "{field}" {problem}')
-            messages = [
-                {"role": "user", "content": record["prompt"]},
-                {"role": "assistant", "content": record["answer"]},
-            ]
-        conversations.append((where, messages))
-    return conversations
+            records.append((where, _messages(record, where)))
+    return records
+
+
+def _messages(record: dict, where: str) -> list[dict[str, str]]:
+    """The turns of a prompt/answer or messages record, checked."""
+    if "messages" in record:
+        messages = record["messages"]
+        if (
+            not isinstance(messages, list)
+            or not messages
+            or not all(
+                isinstance(m, dict)
+                and isinstance(m.get("role"), str)
+                and isinstance(m.get("content"), str)
+                for m in messages
+            )
+        ):
+            raise DataFormatError(
+                f'{where}: field "messages" should be a non-empty list of '
+                '{"role": str, "content": str}'
+            )
+        if not any(m["role"] == "assistant" for m in messages):
+            raise DataFormatError(f'{where}: field "messages" has no assistant turn to train on')
+        return messages
+    for field in ("prompt", "answer"):
+        if not isinstance(record.get(field), str):
+            problem = "is missing" if field not in record else "should be str"
+            raise DataFormatError(f'{where}: field "{field}" {problem}')
+    return [
+        {"role": "user", "content": record["prompt"]},
+        {"role": "assistant", "content": record["answer"]},
+    ]
 
 
 def _turn_texts(
@@ -121,6 +141,12 @@ def tokenize_conversation(
         labels += [IGNORE_INDEX] * len(prompt_ids) + answer_ids
         rendered = before + turn
     return TokenizedExample(input_ids, labels, source)
+
+
+def tokenize_text(tokenizer: PreTrainedTokenizerBase, text: str, source: str) -> TokenizedExample:
+    """Plain text and the EOS after it, every token trained on."""
+    input_ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    return TokenizedExample(input_ids, list(input_ids), source)
 
 
 def pack(

@@ -29,6 +29,18 @@ class ModelSection:
 
 
 @dataclass(frozen=True)
+class PretrainingSection:
+    epochs: int = 30
+    """Passes of language modelling over the world's corpus (``textrl.world.corpus``) before
+    SFT, for the fresh tiny model only (a given checkpoint or SmolLM2 is pretrained already);
+    0 skips it. The tiny model stands in for a pretrained base that knows the world's facts
+    and skills, as Llama 2's did before its post-training."""
+    learning_rate: float = 2e-3
+    words: int = 600
+    """Made-up words (disjoint from the world's) on which the corpus practises word play."""
+
+
+@dataclass(frozen=True)
 class SFTSection:
     epochs: int = 13
     """Over the SFT prompts' demonstrations (half the train prompts, Llama 2 kept SFT data
@@ -186,6 +198,7 @@ class PipelineConfig:
     seed: int = 0
     device: str = "cpu"
     model: ModelSection = field(default_factory=ModelSection)
+    pretraining: PretrainingSection = field(default_factory=PretrainingSection)
     sft: SFTSection = field(default_factory=SFTSection)
     preferences: PreferenceSection = field(default_factory=PreferenceSection)
     reward_model: RewardModelSection = field(default_factory=RewardModelSection)

@@ -86,6 +86,12 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
     ledger = StageLedger(out / LEDGER_FILE)
     ledger.run("world", out / "world", lambda d: stages.world_stage(config, d))
     base = ledger.run("base", out / "base", lambda d: stages.base_model_stage(config, d))
+    if config.model.base == "tiny" and config.pretraining.epochs > 0:
+        base = ledger.run(
+            "pretraining",
+            out / "pretraining",
+            lambda d: stages.pretraining_stage(config, base["checkpoint"], d),
+        )
     sft = ledger.run(
         "sft",
         out / "sft",

@@ -48,6 +48,7 @@ from textrl.sft import SFTConfig, checkpoint_path, save_checkpoint, train_sft
 from textrl.tokenization import build_char_tokenizer
 from textrl.world import red_team
 from textrl.world.annotator import SimulatedAnnotator, bayes_accuracy
+from textrl.world.corpus import write_corpus
 from textrl.world.demonstrations import write_demonstrations
 from textrl.world.evaluation import GREEDY, evaluate_responses, sampled_gold
 from textrl.world.pair_sampling import Variant, sample_pairs
@@ -98,16 +99,41 @@ def base_model_stage(config: PipelineConfig, directory: Path) -> dict[str, objec
     return {"checkpoint": str(directory), "parameters": sum(p.numel() for p in model.parameters())}
 
 
+def pretraining_stage(config: PipelineConfig, base: str, directory: Path) -> dict[str, object]:
+    """Language modelling on the world's corpus (``textrl.world.corpus``), from ``base``."""
+    corpus = directory / "corpus.jsonl"
+    documents = write_corpus(corpus, config.pretraining.words, config.seed)
+    settings = config.pretraining
+    result = _train_language_model(
+        config, base, corpus, directory, settings.epochs, settings.learning_rate
+    )
+    return {**result, "documents": documents}
+
+
 def sft_stage(
     config: PipelineConfig, base: str, demonstrations: Path, directory: Path
 ) -> dict[str, object]:
+    return _train_language_model(
+        config, base, demonstrations, directory, config.sft.epochs, config.sft.learning_rate
+    )
+
+
+def _train_language_model(
+    config: PipelineConfig,
+    base: str,
+    data: Path,
+    directory: Path,
+    epochs: int,
+    learning_rate: float,
+) -> dict[str, object]:
+    """``train_sft`` over ``data`` at the SFT section's batch size and sequence length."""
     result = train_sft(
         SFTConfig(
             model=base,
-            data=demonstrations,
+            data=data,
             output_dir=directory,
-            epochs=config.sft.epochs,
-            learning_rate=config.sft.learning_rate,
+            epochs=epochs,
+            learning_rate=learning_rate,
             batch_size=config.sft.batch_size,
             sequence_length=config.sft.sequence_length,
             save_every_steps=10**9,  # the stage is the unit of resumption
@@ -115,7 +141,7 @@ def sft_stage(
             device=config.device,
         )
     )
-    return {"checkpoint": str(result.checkpoint), "steps": result.steps}
+    return {"checkpoint": str(result.checkpoint), "steps": result.steps, "initialised_from": base}
 
 
 def _variants(config: PipelineConfig, models: Sequence[tuple[str, str]]) -> list[Variant]:

@@ -68,7 +68,7 @@ CATEGORIES = {
 }
 
 
-def _made_up_words(count: int, seed: int = 1234) -> tuple[str, ...]:
+def made_up_words(count: int, seed: int = 1234) -> tuple[str, ...]:
     """Pronounceable nonsense words (consonant-vowel syllables), fixed by ``seed``.
 
     Made-up words give the word-play family enough distinct prompts for a small
@@ -84,7 +84,7 @@ def _made_up_words(count: int, seed: int = 1234) -> tuple[str, ...]:
     return tuple(words)
 
 
-WORDS = _made_up_words(200)
+WORDS = made_up_words(200)
 WORD_PLAY: dict[str, Callable[[str], str]] = {
     "Repeat exactly: {word}": lambda word: word,
     "Spell {word} backwards.": lambda word: word[::-1],
