@@ -78,8 +78,9 @@ def _rewarded_stage(
 
 
 def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
-    """SFT, then rounds V1..Vn of preferences, reward models, rejection sampling (and PPO
-    and safety DPO in the last round), each version evaluated by the gold judges; then the report.
+    """Pretraining (tiny model), SFT, then rounds V1..Vn of preferences, reward models,
+    rejection sampling (and PPO and safety DPO in the last round), each version evaluated by
+    the gold judges; then the report.
     Returns the summary printed as the command's last line."""
     out = config.output_dir
     out.mkdir(parents=True, exist_ok=True)

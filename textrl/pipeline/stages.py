@@ -1,8 +1,9 @@
 """The stages of the Llama 2 post-training pipeline, each a function from files to files.
 
-SFT -> (per round) fresh preferences from the latest models -> helpfulness and
-safety reward models on all preferences so far -> rejection sampling (every
-round) -> PPO on top of the rejection-sampled model, then safety DPO (last round). Every stage
+(Tiny model: pretraining on the world's corpus ->) SFT -> (per round) fresh
+preferences from the latest models -> helpfulness and safety reward models on all
+preferences so far -> rejection sampling (every round) -> PPO on top of the
+rejection-sampled model, then safety DPO (last round). Every stage
 reads its inputs from checkpoints on disk and returns a JSON-serialisable
 result, so the runner can record it and a resumed pipeline skips it.
 """
