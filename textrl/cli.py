@@ -354,7 +354,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(run=_evaluate)
     sft = commands.add_parser("sft", help="supervised fine-tuning on prompt/answer JSONL")
     sft.add_argument("--model", required=True, help="HF directory, .gguf or 'smollm2'")
-    sft.add_argument("--data", type=Path, required=True)
+    sft.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        help="JSONL of prompt/answer, messages or text (plain language modelling) records",
+    )
     sft.add_argument("--out", type=Path, required=True)
     sft.add_argument("--epochs", type=int, default=2)
     sft.add_argument("--learning-rate", type=float, default=2e-5)
