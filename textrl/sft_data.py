@@ -55,11 +55,11 @@ def read_examples(path: str | Path, tokenizer: PreTrainedTokenizerBase) -> list[
         tokenize_text(tokenizer, record, where)
         if isinstance(record, str)
         else tokenize_conversation(tokenizer, record, where)
-        for where, record in read_records(path)
+        for where, record in _read_records(path)
     ]
 
 
-def read_records(path: str | Path) -> list[tuple[str, str | list[dict[str, str]]]]:
+def _read_records(path: str | Path) -> list[tuple[str, str | list[dict[str, str]]]]:
     """``(file:line, text or messages)`` per example."""
     records: list[tuple[str, str | list[dict[str, str]]]] = []
     for where, record in iter_jsonl_lines(path, {}):

@@ -102,9 +102,9 @@ def base_model_stage(config: PipelineConfig, directory: Path) -> dict[str, objec
 
 def pretraining_stage(config: PipelineConfig, base: str, directory: Path) -> dict[str, object]:
     """Language modelling on the world's corpus (``textrl.world.corpus``), from ``base``."""
-    corpus = directory / "corpus.jsonl"
-    documents = write_corpus(corpus, config.pretraining.words, config.seed)
     settings = config.pretraining
+    corpus = directory / "corpus.jsonl"
+    documents = write_corpus(corpus, settings.words, config.seed)
     result = _train_language_model(
         config, base, corpus, directory, settings.epochs, settings.learning_rate
     )
