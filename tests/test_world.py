@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import operator
 import re
 
@@ -139,8 +140,8 @@ def test_the_corpus_states_every_fact_but_holds_no_prompt_and_no_world_word(tmp_
     assert not any(task.prompt in text for task in all_tasks())
     assert not set(re.findall(r"[a-z]+", text)) & set(WORDS)  # word play on other words only
     for line in fact_lines():
+        expression, equals, value = line.partition("=")
         for symbol, operation in (("+", operator.add), ("*", operator.mul)):
-            expression, equals, value = line.partition("=")
             left, has_symbol, right = expression.partition(symbol)
             if equals and has_symbol:
                 assert operation(int(left), int(right)) == int(value), line
@@ -173,18 +174,33 @@ def test_zero_noise_agrees_with_the_gold_scores_every_time():
 
 
 @settings(max_examples=12, deadline=None)
+def binomial_tails(successes: int, draws: int, p: float) -> tuple[float, float]:
+    """``(P(X <= successes), P(X >= successes))`` for ``X ~ Binomial(draws, p)``, exactly."""
+    k = np.arange(draws + 1)
+    log_pmf = (
+        math.lgamma(draws + 1)
+        - np.array([math.lgamma(i + 1) + math.lgamma(draws - i + 1) for i in k])
+        + k * math.log(p)
+        + (draws - k) * math.log1p(-p)
+    )
+    pmf = np.exp(log_pmf)
+    return float(pmf[: successes + 1].sum()), float(pmf[successes:].sum())
+
+
 @given(gap=st.floats(0.02, 1.0), noise=st.floats(0.05, 1.0), seed=st.integers(0, 1000))
-def test_agreement_matches_bradley_terry_within_five_standard_errors(gap, noise, seed):
-    """5,000 draws estimate the agreement rate p with standard error sqrt(p(1-p)/5000), at
-    most 0.007. A fixed 0.02 failed by chance (gap 1, noise 1, seed 43: 0.023, 3.4 standard
-    errors); five standard errors fail by chance about once in 3 million examples."""
+def test_agreement_matches_bradley_terry_on_an_exact_binomial_test(gap, noise, seed):
+    """5,000 draws agree with the gold order a Binomial(5000, p) number of times. The test
+    fails when either tail of that count is below 1e-7, about once in 5 million examples by
+    chance. (A normal bound of five standard errors failed by chance at p near 1: at gap 1 and
+    noise 0.078, p = 0.999997, and one disagreement in 5,000 is a 1-in-70 event that lies 8.4
+    of those standard errors off.)"""
     draws = 5000
     annotator = SimulatedAnnotator(noise=noise, seed=seed)
-    agreed = np.mean(
-        [annotator.compare(0.5 + gap / 2, 0.5 - gap / 2).preferred == 0 for _ in range(draws)]
+    agreed = sum(
+        annotator.compare(0.5 + gap / 2, 0.5 - gap / 2).preferred == 0 for _ in range(draws)
     )
     expected = SimulatedAnnotator.agreement_probability(1.0, 1.0 - gap, noise)
-    assert abs(agreed - expected) < 5 * np.sqrt(expected * (1 - expected) / draws)
+    assert min(binomial_tails(agreed, draws, expected)) > 1e-7
 
 
 def test_ratings_follow_the_perceived_margin():
