@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from textrl.jsonl import write_jsonl_atomically
-from textrl.world.tasks import CAPITALS, CATEGORIES, WORDS, made_up_words
+from textrl.world.tasks import ADDENDS, CAPITALS, CATEGORIES, FACTORS, WORDS, made_up_words
 
 CORPUS_WORD_SEED = 99
 """Seed of the corpus's made-up words (the world's own come from another seed)."""
@@ -35,11 +35,11 @@ DOCUMENT_CHARACTERS = 200
 def fact_lines() -> list[str]:
     """Every arithmetic, capital and category fact of the world, each in text form."""
     lines = []
-    for a in range(13):
-        for b in range(13):
+    for a in ADDENDS:
+        for b in ADDENDS:
             lines += [f"{a}+{b}={a + b}", f"{a} plus {b} is {a + b}"]
-    for a in range(2, 10):
-        for b in range(2, 10):
+    for a in FACTORS:
+        for b in FACTORS:
             lines += [f"{a}*{b}={a * b}", f"{a} times {b} is {a * b}"]
     for country, city in CAPITALS.items():
         lines += [f"The capital of {country} is {city}.", f"{city} is the capital of {country}."]

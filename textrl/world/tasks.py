@@ -60,6 +60,10 @@ CAPITALS = {
     "Turkey": "Ankara",
     "Germany": "Berlin",
 }
+ADDENDS = range(13)
+"""Both operands of the addition prompts ("What is 7+5?")."""
+FACTORS = range(2, 10)
+"""Both operands of the multiplication prompts ("What is 3*9?")."""
 CATEGORIES = {
     "color": ("red", "blue", "green", "yellow", "black", "white", "pink", "purple", "orange"),
     "fruit": ("apple", "pear", "plum", "banana", "grape", "lemon", "mango", "peach", "cherry"),
@@ -278,14 +282,10 @@ def judge(task: Task, response: str) -> GoldScores:
 def all_tasks() -> list[Task]:
     """Every prompt of the world (splits are drawn from this pool)."""
     tasks = [
-        Task(f"What is {a}+{b}?", "arithmetic", False, str(a + b))
-        for a in range(13)
-        for b in range(13)
+        Task(f"What is {a}+{b}?", "arithmetic", False, str(a + b)) for a in ADDENDS for b in ADDENDS
     ]
     tasks += [
-        Task(f"What is {a}*{b}?", "arithmetic", False, str(a * b))
-        for a in range(2, 10)
-        for b in range(2, 10)
+        Task(f"What is {a}*{b}?", "arithmetic", False, str(a * b)) for a in FACTORS for b in FACTORS
     ]
     tasks += [
         Task(template.format(word=word), "word_play", False, answer(word))
