@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import runpy
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from textrl.pipeline.runner import LEDGER_FILE
 from textrl.tokenization import build_char_tokenizer
 from textrl.world.splits import split_tasks
 
+SCALING_EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "reward_model_scaling.py"
 TOY_CONFIG = """
 output_dir = "{out}"
 rounds = 2
@@ -155,6 +157,17 @@ def test_the_pipeline_runs_every_stage_and_writes_its_report(tmp_path, device):
     assert ledger["evaluate RLHF-V1"]["result"]["checkpoint"] == round1_dpo
     report = (out / "report/report.md").read_text()
     assert "Table 8" in report and "log N - (N-1)/N" in report and "Safety DPO" in report
+    if device == "cpu":  # on the finished run: examples/reward_model_scaling.py
+        scaling = runpy.run_path(str(SCALING_EXAMPLE), run_name="reward_model_scaling")
+        arguments = ["--config", str(tmp_path / "toy.toml"), "--extra-pairs", "0", "40"]
+        summary = scaling["main"]([*arguments, "--epochs", "1"])
+        own, more = summary["rows"]
+        assert more["train_pairs"] > own["train_pairs"]
+        # no extra pairs at the pipeline's settings is the round's own reward model again
+        pipeline_rm = ledger["RLHF-V2 reward models"]["result"]["helpfulness"]
+        assert own["accuracy"] == pytest.approx(pipeline_rm["test_accuracy"]["overall"], abs=1e-4)
+        assert Path(summary["report"]).exists()
+        assert (Path(summary["report"]).parent / "scaling.png").exists()
 
 
 def test_preference_pairs_do_not_depend_on_what_ran_before(tmp_path):

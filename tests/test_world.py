@@ -15,7 +15,14 @@ from hypothesis import strategies as st
 
 from textrl.jsonl import DataFormatError
 from textrl.world import evaluation
-from textrl.world.annotator import RATINGS, SimulatedAnnotator, gold_value, rating_for_margin
+from textrl.world.annotator import (
+    RATINGS,
+    SimulatedAnnotator,
+    bayes_accuracy,
+    expected_accuracy,
+    gold_value,
+    rating_for_margin,
+)
 from textrl.world.corpus import DOCUMENT_CHARACTERS, corpus_documents, fact_lines, write_corpus
 from textrl.world.demonstrations import WRITERS, demonstrations_of, write_demonstrations
 from textrl.world.evaluation import GoldReward, evaluate_responses, sampled_gold
@@ -201,6 +208,24 @@ def test_agreement_matches_bradley_terry_on_an_exact_binomial_test(gap, noise, s
     )
     expected = SimulatedAnnotator.agreement_probability(1.0, 1.0 - gap, noise)
     assert min(binomial_tails(agreed, draws, expected)) > 1e-7
+
+
+def test_expected_accuracy_on_hand_cases():
+    sigmoid = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+    gold = np.array([0.1, -0.2, 0.0])
+    # right on the first pair (agreement sigmoid(1)), wrong on the second, a tie on the third
+    assert expected_accuracy(gold, np.array([1.0, 1.0, 5.0]), 0.1) == pytest.approx(
+        (sigmoid(1.0) + 1 - sigmoid(2.0) + 0.5) / 3
+    )
+    # ordering every pair as the gold judge does is the Bayes ceiling; the reverse its mirror
+    assert expected_accuracy(gold, gold, 0.1) == pytest.approx(bayes_accuracy(gold, 0.1))
+    assert expected_accuracy(gold[:2], -gold[:2], 0.1) == pytest.approx(
+        1 - bayes_accuracy(gold[:2], 0.1)
+    )
+    assert expected_accuracy(gold, np.zeros(3), 0.1) == 0.5  # a ranker that sees no difference
+    assert expected_accuracy(gold, -gold, 0.0) == pytest.approx(0.5 / 3)  # noiseless labels
+    with pytest.raises(ValueError, match="one score gap per gold gap"):
+        expected_accuracy(gold, np.zeros(2), 0.1)
 
 
 def test_ratings_follow_the_perceived_margin():

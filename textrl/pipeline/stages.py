@@ -156,7 +156,7 @@ def _variants(config: PipelineConfig, models: Sequence[tuple[str, str]]) -> list
     return variants
 
 
-def _pairs_by_category(
+def pairs_by_category(
     config: PipelineConfig,
     models: Sequence[tuple[str, str]],
     tasks: Sequence[Task],
@@ -167,20 +167,25 @@ def _pairs_by_category(
 ) -> list[PreferencePair]:
     """Helpfulness pairs on the prompts that are not safety-tagged and safety pairs on those
     that are, collected separately as Llama 2 did (safety prompts are a small share), then
-    ``red_team_pairs`` on the harmful prompts (``textrl.world.red_team``). Seeded here, so
-    that a resumed run samples the same pairs as one that trained SFT in the same process."""
+    ``red_team_pairs`` on the harmful prompts (``textrl.world.red_team``); a count of 0
+    skips its kind. Seeded here, so that a resumed run samples the same pairs as one that
+    trained SFT in the same process."""
     torch.manual_seed(seed)
     variants = _variants(config, models)
     max_new_tokens = config.evaluation.max_new_tokens
-    helpful = [t for t in tasks if not t.is_safety]
-    safety = [t for t in tasks if t.is_safety]
     by_seed = {
-        seed: sample_pairs(
-            variants, helpful, helpfulness_pairs, seed, max_new_tokens, progress=True
-        ),
-        seed + 1: sample_pairs(
-            variants, safety, safety_pairs, seed + 1, max_new_tokens, progress=True
-        ),
+        seed + offset: sample_pairs(
+            variants,
+            [t for t in tasks if t.is_safety == is_safety],
+            count,
+            seed + offset,
+            max_new_tokens,
+            progress=True,
+        )
+        for offset, (is_safety, count) in enumerate(
+            [(False, helpfulness_pairs), (True, safety_pairs)]
+        )
+        if count
     }
     if red_team_pairs:
         by_seed[seed + 2] = red_team.red_team_pairs(
@@ -211,7 +216,7 @@ def preferences_stage(
     trained each reward model on all preference data collected so far), and test pairs."""
     settings = config.preferences
     seed = config.seed * 1000 + 10 * round_index
-    new = _pairs_by_category(
+    new = pairs_by_category(
         config,
         models,
         split_tasks("rlhf", config.seed),
@@ -223,7 +228,7 @@ def preferences_stage(
     earlier = read_preferences(earlier_train) if earlier_train is not None else []
     write_preferences(directory / "train.jsonl", earlier + new)
     test_tasks = split_tasks("test", config.seed)
-    test = _pairs_by_category(
+    test = pairs_by_category(
         config,
         models,
         test_tasks,

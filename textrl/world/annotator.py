@@ -93,11 +93,35 @@ class SimulatedAnnotator:
     @staticmethod
     def agreement_probability(first: float, second: float, noise: float) -> float:
         """Bradley-Terry probability of preferring the response with the higher gold score."""
-        if first == second:
-            return 0.5
-        if noise == 0:
-            return 1.0
-        return float(1.0 / (1.0 + np.exp(-abs(first - second) / noise)))
+        return float(agreement(np.array(first - second), noise))
+
+
+def agreement(gold_gaps: np.ndarray, noise: float) -> np.ndarray:
+    """Per pair, the probability ``sigmoid(|gap| / noise)`` that the annotator picks the
+    gold-better response (1/2 on a tie, 1 without noise)."""
+    gaps = np.abs(np.asarray(gold_gaps, dtype=float))
+    if noise == 0:
+        return np.where(gaps > 0, 1.0, 0.5)
+    return 1.0 / (1.0 + np.exp(-gaps / noise))
+
+
+def expected_accuracy(gold_gaps: np.ndarray, score_gaps: np.ndarray, noise: float) -> float:
+    """A ranker's accuracy on this annotator's labels in expectation over the annotator's
+    noise: per pair ``a`` if the ranker orders it as the gold judge does and ``1 - a`` if not
+    (``a`` from ``agreement``; 1/2 where either gap is 0). ``score_gaps`` are the ranker's
+    ``score(chosen) - score(rejected)``.
+
+    The measured accuracy is one draw of the labels around this; it has the same mean without
+    their sampling noise, so two rankers compare with less noise here, and a ranker that
+    orders every pair as the gold judge does scores ``bayes_accuracy``.
+    """
+    gold = np.asarray(gold_gaps, dtype=float)
+    scores = np.asarray(score_gaps, dtype=float)
+    if gold.shape != scores.shape:
+        raise ValueError(f"one score gap per gold gap, got {scores.shape} and {gold.shape}")
+    agree = agreement(gold, noise)
+    same_order = np.sign(gold) * np.sign(scores)
+    return float(np.mean(np.where(same_order > 0, agree, np.where(same_order < 0, 1 - agree, 0.5))))
 
 
 def bayes_accuracy(gold_gaps: np.ndarray, noise: float) -> float:
@@ -107,7 +131,4 @@ def bayes_accuracy(gold_gaps: np.ndarray, noise: float) -> float:
     with probability ``sigmoid(|gap| / noise)`` (1/2 on a tie). No reward model
     trained on these labels can beat the mean of that on held-out pairs.
     """
-    gaps = np.abs(np.asarray(gold_gaps, dtype=float))
-    if noise == 0:
-        return float(np.mean(np.where(gaps > 0, 1.0, 0.5)))
-    return float(np.mean(1.0 / (1.0 + np.exp(-gaps / noise))))
+    return float(np.mean(agreement(gold_gaps, noise)))
