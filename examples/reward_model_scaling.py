@@ -40,14 +40,9 @@ import torch
 
 from textrl.pipeline.config import load_pipeline_config
 from textrl.pipeline.runner import LEDGER_FILE
-from textrl.pipeline.stages import pairs_by_category
+from textrl.pipeline.stages import pairs_by_category, reward_model_config
 from textrl.reports import markdown_table, write_report
-from textrl.reward_model import (
-    RewardModelConfig,
-    load_reward_model,
-    score,
-    train_reward_model,
-)
+from textrl.reward_model import load_reward_model, score, train_reward_model
 from textrl.world.annotator import bayes_accuracy, expected_accuracy
 from textrl.world.preferences import (
     PreferencePair,
@@ -162,22 +157,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
         train = out / f"train_{draws}.jsonl"
         write_preferences(train, own + extra[:kept])
         for epochs in args.epochs:
-            settings = config.reward_model
             start = time.perf_counter()
+            output_dir = out / f"extra{draws}_epochs{epochs}"
             trained = train_reward_model(
-                RewardModelConfig(
-                    policy=sft,
-                    train=train,
-                    output_dir=out / f"extra{draws}_epochs{epochs}",
-                    category="helpfulness",
-                    margin=settings.margin,
-                    epochs=epochs,
-                    center_coefficient=settings.center_coefficient,
-                    learning_rate=settings.learning_rate,
-                    batch_size=settings.batch_size,
-                    seed=config.seed,
-                    device=config.device,
-                )
+                reward_model_config(config, "helpfulness", sft, train, output_dir, epochs)
             )
             score_gaps = rank_test_pairs(trained.checkpoint, test, config.device)
             rows.append(

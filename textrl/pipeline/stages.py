@@ -252,6 +252,35 @@ def preferences_stage(
     }
 
 
+def reward_model_config(
+    config: PipelineConfig,
+    category: str,
+    sft_checkpoint: str,
+    train: Path,
+    output_dir: Path,
+    epochs: int | None = None,
+) -> RewardModelConfig:
+    """The pipeline's reward model of ``category`` (``epochs`` overrides the config's)."""
+    settings = config.reward_model
+    safety = category == "safety"
+    return RewardModelConfig(
+        policy=sft_checkpoint,
+        train=train,
+        output_dir=output_dir,
+        category=category,
+        margin=settings.margin,
+        epochs=settings.epochs if epochs is None else epochs,
+        other_category_share=settings.safety_helpfulness_share if safety else 0.0,
+        center_coefficient=(
+            settings.safety_center_coefficient if safety else settings.center_coefficient
+        ),
+        learning_rate=settings.learning_rate,
+        batch_size=settings.batch_size,
+        seed=config.seed,
+        device=config.device,
+    )
+
+
 def reward_models_stage(
     config: PipelineConfig, sft_checkpoint: str, train: Path, test: Path, directory: Path
 ) -> dict[str, object]:
@@ -260,26 +289,9 @@ def reward_models_stage(
     test_pairs = read_preferences(test)
     policy, policy_tokenizer = load_causal_lm(sft_checkpoint, device=config.device)
     result: dict[str, object] = {}
-    settings = config.reward_model
     for category in CATEGORIES:
-        safety = category == "safety"
         trained = train_reward_model(
-            RewardModelConfig(
-                policy=sft_checkpoint,
-                train=train,
-                output_dir=directory / category,
-                category=category,
-                margin=settings.margin,
-                epochs=settings.epochs,
-                other_category_share=settings.safety_helpfulness_share if safety else 0.0,
-                center_coefficient=(
-                    settings.safety_center_coefficient if safety else settings.center_coefficient
-                ),
-                learning_rate=settings.learning_rate,
-                batch_size=settings.batch_size,
-                seed=config.seed,
-                device=config.device,
-            )
+            reward_model_config(config, category, sft_checkpoint, train, directory / category)
         )
         model, tokenizer = load_reward_model(trained.checkpoint, config.device)
         model.eval()
