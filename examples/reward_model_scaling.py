@@ -40,7 +40,7 @@ import torch
 
 from textrl.pipeline.config import load_pipeline_config
 from textrl.pipeline.runner import LEDGER_FILE
-from textrl.pipeline.stages import pairs_by_category, reward_model_config
+from textrl.pipeline.stages import pairs_by_category, preference_seed, reward_model_config
 from textrl.reports import markdown_table, write_report
 from textrl.reward_model import load_reward_model, score, train_reward_model
 from textrl.world.annotator import bayes_accuracy, expected_accuracy
@@ -53,7 +53,7 @@ from textrl.world.preferences import (
 from textrl.world.splits import split_tasks
 
 EXTRA_SEED_OFFSET = 7
-"""Added to the round's preference seed (``seed * 1000 + 10 * round``): the pipeline uses
+"""Added to the round's ``preference_seed``: the pipeline uses
 offsets 0-2 (train) and 5-6 (test), so 7 draws pairs it never drew."""
 FAMILY_MINIMUM = 50
 """Families with fewer test pairs are left out of the per-family table (too noisy to read)."""
@@ -135,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
     out = run / "reward_model_scaling" / f"round{round_index}"
     out.mkdir(parents=True, exist_ok=True)
 
-    seed = config.seed * 1000 + 10 * round_index + EXTRA_SEED_OFFSET
+    seed = preference_seed(config, round_index) + EXTRA_SEED_OFFSET
     extra = pairs_by_category(
         config, models, split_tasks("rlhf", config.seed), max(args.extra_pairs), 0, 0, seed
     )

@@ -205,6 +205,12 @@ def pairs_by_category(
     ]
 
 
+def preference_seed(config: PipelineConfig, round_index: int) -> int:
+    """The seed of round ``round_index``'s pairs; its train pairs use offsets 0-2 from it and
+    its test pairs 5-6."""
+    return config.seed * 1000 + 10 * round_index
+
+
 def preferences_stage(
     config: PipelineConfig,
     round_index: int,
@@ -215,7 +221,7 @@ def preferences_stage(
     """Fresh train pairs from the latest models, appended to all earlier ones (Llama 2
     trained each reward model on all preference data collected so far), and test pairs."""
     settings = config.preferences
-    seed = config.seed * 1000 + 10 * round_index
+    seed = preference_seed(config, round_index)
     new = pairs_by_category(
         config,
         models,
