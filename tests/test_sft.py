@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import signal
 import subprocess
 import sys
@@ -27,10 +28,16 @@ from textrl.lm_losses import (
 from textrl.reward_model import (
     RewardModelConfig,
     accuracy_by_rating,
+    fit_linear_head,
+    last_token_features,
     likelihood_accuracy_by_rating,
     load_reward_model,
+    pad_right,
+    probe_head,
     ranking_accuracy_by_rating,
     response_log_likelihoods,
+    score_encoded,
+    tokenize_pairs,
     train_reward_model,
     training_pairs,
 )
@@ -330,6 +337,82 @@ def test_ranking_accuracy_per_rating_on_hand_scores():
 
     accuracy = ranking_accuracy_by_rating(by_length, pairs, batch_size=2)
     assert accuracy == {"better": 0.5, "significantly better": 0.5, "overall": 0.5}
+
+
+def test_the_linear_head_fit_reaches_the_hand_optimum():
+    # pair differences +1, +1, -1: the loss 2 softplus(-w) + softplus(w) is least where
+    # sigmoid(w) = 2/3, at w = log 2
+    chosen, rejected = torch.tensor([[1.0], [1.0], [0.0]]), torch.tensor([[0.0], [0.0], [1.0]])
+    weights, loss = fit_linear_head(chosen.double(), rejected.double(), torch.zeros(3), l2=0.0)
+    assert weights.item() == pytest.approx(math.log(2), abs=1e-6)
+    assert loss == pytest.approx((2 * math.log(1.5) + math.log(3)) / 3, abs=1e-9)
+    # a margin on the agreeing pairs asks for a larger weight, centering for a smaller one
+    margins = torch.tensor([1.0, 1.0, 0.0])
+    assert fit_linear_head(chosen.double(), rejected.double(), margins, l2=0.0)[0] > weights
+    centered, _ = fit_linear_head(chosen.double(), rejected.double(), torch.zeros(3), 1.0, 0.0)
+    assert 0 < centered.item() < weights.item()
+
+
+def test_the_probed_head_scores_what_the_features_say_and_ranks_better(tmp_path):
+    tiny_model(seed=6).save_pretrained(tmp_path / "policy")
+    TOKENIZER.save_pretrained(tmp_path / "policy")
+    model, tokenizer = load_reward_model(tmp_path / "policy")
+    prompts = ["abc", "de", "hh", "a"] * 4
+    chosen = tokenize_pairs(tokenizer, prompts, ["cba", "ed", "h", "aa"] * 4, 64)
+    rejected = tokenize_pairs(tokenizer, prompts, ["abcd", "e", "hhhh", "b"] * 4, 64)
+    margins = torch.zeros(len(prompts))
+
+    def model_loss() -> float:
+        with torch.no_grad():
+            rewards = score_encoded(model, *pad_right(chosen + rejected, tokenizer.pad_token_id))
+        return margin_ranking_loss(rewards[: len(chosen)], rewards[len(chosen) :], margins).item()
+
+    before = model_loss()
+    loss = probe_head(model, chosen, rejected, tokenizer.pad_token_id, margins)
+    assert model_loss() == pytest.approx(loss, abs=1e-5)  # the head reads these features
+    assert loss < before
+    features = last_token_features(model, chosen[:3], tokenizer.pad_token_id)
+    with torch.no_grad():
+        scores = score_encoded(model, *pad_right(chosen[:3], tokenizer.pad_token_id))
+    torch.testing.assert_close(
+        scores.double(), features @ model.score.weight[0].double(), rtol=1e-5, atol=1e-5
+    )
+
+
+def test_training_with_a_probed_head_starts_from_the_probe(tmp_path):
+    tiny_model(seed=7).save_pretrained(tmp_path / "policy")
+    TOKENIZER.save_pretrained(tmp_path / "policy")
+    pairs = [
+        PreferencePair(prompt, chosen, rejected, "better", "helpfulness", False, "x", "y")
+        for prompt, chosen, rejected in [("abc", "cba", "abcd"), ("de", "ed", "e"), ("h", "h", "")]
+    ]
+    write_preferences(tmp_path / "pairs.jsonl", pairs)
+    config = RewardModelConfig(
+        policy=str(tmp_path / "policy"),
+        train=tmp_path / "pairs.jsonl",
+        output_dir=tmp_path / "rm",
+        probe_head=True,
+        learning_rate=0.0,  # no step moves the weights: the checkpoint is the probe's model
+    )
+    result = train_reward_model(config)
+    model, tokenizer = load_reward_model(result.checkpoint)
+    pad = tokenizer.pad_token_id
+    with torch.no_grad():
+        rewards = [
+            score_encoded(model, *pad_right(tokenize_pairs(tokenizer, *texts, 64), pad))
+            for texts in (
+                ([p.prompt for p in pairs], [p.chosen for p in pairs]),
+                ([p.prompt for p in pairs], [p.rejected for p in pairs]),
+            )
+        ]
+    margins = margins_for([p.rating for p in pairs], config.margin)
+    assert result.probe_loss == pytest.approx(
+        margin_ranking_loss(*rewards, margins).item(), abs=1e-5
+    )
+    unprobed = train_reward_model(
+        dataclasses.replace(config, probe_head=False, output_dir=tmp_path / "plain")
+    )
+    assert unprobed.probe_loss is None
 
 
 def test_the_other_categorys_share_of_training_pairs_is_drawn_as_asked(tmp_path):

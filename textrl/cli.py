@@ -178,6 +178,7 @@ def _reward_model(args: argparse.Namespace) -> None:
         epochs=args.epochs,
         center_coefficient=args.center_coefficient,
         other_category_share=args.other_category_share,
+        probe_head=args.probe_head,
         learning_rate=args.learning_rate,
         batch_size=args.batch_size,
         seed=args.seed,
@@ -396,6 +397,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.0,
         help="share of pairs from the other category (Llama 2's safety model: 0.1 helpfulness)",
+    )
+    reward.add_argument(
+        "--probe-head",
+        action="store_true",
+        help="fit the scalar head to the frozen backbone before fine-tuning (LP-FT)",
     )
     reward.add_argument("--learning-rate", type=float, default=1e-5)
     reward.add_argument("--batch-size", type=int, default=16)

@@ -80,6 +80,10 @@ class RewardModelConfig:
     warmup_fraction: float = 0.03
     max_length: int = 256
     """Tokens per prompt + response (longer ones are refused with their position)."""
+    probe_head: bool = False
+    """Fit the scalar head to the frozen backbone first (``probe_head``), then fine-tune all
+    weights from there: linear probing then fine-tuning (Kumar et al. 2022), instead of
+    fine-tuning from a random head."""
     seed: int = 0
     device: str = "cpu"
     fsdp: bool = False
@@ -91,6 +95,8 @@ class RewardModelResult:
     checkpoint: Path
     losses: list[float] = field(default_factory=list)
     pairs_per_second: float = 0.0
+    probe_loss: float | None = None
+    """The training loss of the probed head on the frozen backbone (``probe_head`` only)."""
 
 
 def load_reward_model(
@@ -294,6 +300,108 @@ def likelihood_accuracy_by_rating(
     )
 
 
+@torch.no_grad()
+def last_token_features(
+    model: PreTrainedModel,
+    rows: Sequence[Sequence[int]],
+    pad_token_id: int,
+    batch_size: int = SCORE_BATCH_SIZE,
+) -> torch.Tensor:
+    """``(N, hidden)`` float64 final hidden states at each row's last token: what the scalar
+    head of ``model`` (a ``*ForSequenceClassification``) reads to score the row."""
+    device = next(model.parameters()).device
+    features = []
+    for start in tqdm(range(0, len(rows), batch_size), desc="probe features", leave=False):
+        ids, mask = pad_right(rows[start : start + batch_size], pad_token_id)
+        hidden = model.base_model(
+            input_ids=ids.to(device), attention_mask=mask.to(device)
+        ).last_hidden_state
+        last = mask.sum(1).to(device) - 1
+        features.append(hidden[torch.arange(len(ids), device=device), last].double().cpu())
+    return torch.cat(features)
+
+
+PROBE_L2 = 1e-4
+"""Ridge weight of the probe's fit: keeps the weights finite on pairs the frozen features
+separate, small enough not to bias the rest (on the tiny model's round-1 and round-3 pairs,
+weights 1e-4 to 1e-3 ranked within a point of each other, 1e-2 one to two points worse)."""
+
+
+def fit_linear_head(
+    chosen_features: torch.Tensor,
+    rejected_features: torch.Tensor,
+    margins: torch.Tensor,
+    center_coefficient: float = 0.0,
+    l2: float = PROBE_L2,
+) -> tuple[torch.Tensor, float]:
+    """The weights ``w`` minimising the reward model's own loss for ``r = w . h`` with the
+    features ``h`` fixed (``margin_ranking_loss`` plus ``center_coefficient`` times
+    ``reward_centering_penalty``, plus ``l2 * |w|^2``), and that loss without the ridge term.
+
+    The loss is convex in ``w``, so L-BFGS finds its minimum from zero.
+    """
+    weights = torch.zeros(chosen_features.shape[1], dtype=torch.float64, requires_grad=True)
+    margins = margins.double()
+
+    def ranking_loss() -> torch.Tensor:
+        chosen, rejected = chosen_features @ weights, rejected_features @ weights
+        return margin_ranking_loss(
+            chosen, rejected, margins
+        ) + center_coefficient * reward_centering_penalty(chosen, rejected)
+
+    optimizer = torch.optim.LBFGS(
+        [weights],
+        max_iter=500,
+        tolerance_grad=1e-10,
+        tolerance_change=1e-14,
+        line_search_fn="strong_wolfe",
+    )
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = ranking_loss() + l2 * (weights**2).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    with torch.no_grad():
+        return weights.detach(), ranking_loss().item()
+
+
+def probe_head(
+    model: PreTrainedModel,
+    chosen_tokens: Sequence[Sequence[int]],
+    rejected_tokens: Sequence[Sequence[int]],
+    pad_token_id: int,
+    margins: torch.Tensor,
+    center_coefficient: float = 0.0,
+) -> float:
+    """Set ``model``'s scalar head to the best linear ranker of its frozen backbone's features
+    (``fit_linear_head``); returns that ranker's training loss.
+
+    Why: from a random head, the first steps' gradients through the backbone are noise that
+    distorts the features the policy learned (Kumar et al. 2022). On the tiny model a head fit
+    this way to the frozen SFT backbone ranks as well as the whole model fine-tuned from a
+    random head, and fine-tuning from it ranks 1.5-2.4 points better (README, "SFT and
+    reward models").
+    """
+    head = getattr(model, "score", None)
+    if not isinstance(head, torch.nn.Linear) or head.out_features != 1:
+        raise ValueError(f"{type(model).__name__} has no one-output linear `score` head to probe")
+    was_training = model.training
+    model.eval()
+    features = last_token_features(model, [*chosen_tokens, *rejected_tokens], pad_token_id)
+    model.train(was_training)
+    weights, loss = fit_linear_head(
+        features[: len(chosen_tokens)], features[len(chosen_tokens) :], margins, center_coefficient
+    )
+    with torch.no_grad():
+        head.weight.copy_(weights.to(head.weight)[None])
+        if head.bias is not None:
+            head.bias.zero_()
+    return loss
+
+
 def training_pairs(
     pairs: Sequence[PreferencePair], config: RewardModelConfig
 ) -> list[PreferencePair]:
@@ -331,6 +439,16 @@ def train_reward_model(config: RewardModelConfig) -> RewardModelResult:
         )
     except ValueError as error:
         raise ValueError(f"{config.train} ({config.category} pairs): {error}") from None
+    result = RewardModelResult(checkpoint=Path())
+    if config.probe_head:  # every rank fits the same head on all pairs, before any sharding
+        result.probe_loss = probe_head(
+            model,
+            chosen_tokens,
+            rejected_tokens,
+            tokenizer.pad_token_id,
+            margins_for([p.rating for p in pairs], config.margin),
+            config.center_coefficient,
+        )
     torch.manual_seed(distributed.rank_seed(config.seed))
     pairs_per_step = config.batch_size * context.world_size
     steps_per_epoch = math.ceil(len(pairs) / pairs_per_step)
@@ -343,7 +461,8 @@ def train_reward_model(config: RewardModelConfig) -> RewardModelResult:
     writer = (
         SummaryWriter(str(config.output_dir / "tensorboard")) if context.is_main_process else None
     )
-    result = RewardModelResult(checkpoint=Path())
+    if writer is not None and result.probe_loss is not None:
+        writer.add_scalar(f"rm/{config.category}/loss", result.probe_loss, 0)
     start = time.perf_counter()
     steps = tqdm(
         range(total_steps),

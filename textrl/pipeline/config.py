@@ -88,6 +88,9 @@ class RewardModelSection:
     (``textrl.lm_losses.reward_centering_penalty``)."""
     safety_helpfulness_share: float = 0.1
     """Share of helpfulness pairs in the safety model's training data (Llama 2: 10%)."""
+    probe_head: bool = False
+    """Fit each reward model's scalar head to the frozen SFT backbone before fine-tuning
+    (``textrl.reward_model.probe_head``)."""
     safety_center_coefficient: float = 0.01
     """Reward-centering weight of the safety model. With the helpfulness pairs it pins
     ordinary answers near 0 (sigmoid 0.5), so the combined reward's 0.15 gate fires on unsafe

@@ -280,6 +280,7 @@ def reward_model_config(
         center_coefficient=(
             settings.safety_center_coefficient if safety else settings.center_coefficient
         ),
+        probe_head=settings.probe_head,
         learning_rate=settings.learning_rate,
         batch_size=settings.batch_size,
         seed=config.seed,
