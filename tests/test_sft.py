@@ -36,6 +36,7 @@ from textrl.reward_model import (
     probe_head,
     ranking_accuracy_by_rating,
     response_log_likelihoods,
+    score,
     score_encoded,
     tokenize_pairs,
     train_reward_model,
@@ -396,14 +397,11 @@ def test_training_with_a_probed_head_starts_from_the_probe(tmp_path):
     )
     result = train_reward_model(config)
     model, tokenizer = load_reward_model(result.checkpoint)
-    pad = tokenizer.pad_token_id
+    prompts = [p.prompt for p in pairs]
     with torch.no_grad():
         rewards = [
-            score_encoded(model, *pad_right(tokenize_pairs(tokenizer, *texts, 64), pad))
-            for texts in (
-                ([p.prompt for p in pairs], [p.chosen for p in pairs]),
-                ([p.prompt for p in pairs], [p.rejected for p in pairs]),
-            )
+            score(model, tokenizer, prompts, [p.chosen for p in pairs]),
+            score(model, tokenizer, prompts, [p.rejected for p in pairs]),
         ]
     margins = margins_for([p.rating for p in pairs], config.margin)
     assert result.probe_loss == pytest.approx(
