@@ -210,13 +210,18 @@ def test_oracle_rejection_sampling_example_reports_every_round(tmp_path):
 def test_config_errors_name_the_file_line_and_field(tmp_path):
     path = tmp_path / "bad.toml"
     path.write_text('rounds = 2\n\n[sft]\nepochs = "many"\n')
-    with pytest.raises(DataFormatError, match=r"bad.toml:4: field 'sft.epochs' must be"):
+    with pytest.raises(
+        DataFormatError, match=r"bad.toml:4: field 'sft.epochs' must be an integer, got 'many'"
+    ):
         load_pipeline_config(path)
     path.write_text("[ppo]\niterations = 3\nclip = 0.1\n")
     with pytest.raises(DataFormatError, match=r"bad.toml:3: unknown field 'ppo.clip'"):
         load_pipeline_config(path)
     path.write_text("[rejection_sampling]\nepochs = []\n")
-    with pytest.raises(DataFormatError, match=r"bad.toml:2: field 'rejection_sampling.epochs'"):
+    expected = "an integer or a non-empty list, each an integer, got \\[\\]"
+    with pytest.raises(
+        DataFormatError, match=rf"bad.toml:2: field 'rejection_sampling.epochs' must be {expected}"
+    ):
         load_pipeline_config(path)
     path.write_text("rounds = \n")
     with pytest.raises(DataFormatError, match="not valid TOML"):

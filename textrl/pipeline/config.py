@@ -235,6 +235,23 @@ def _accepts(kind: Any, value: Any) -> bool:
     return isinstance(value, kind) and not (kind is int and isinstance(value, bool))
 
 
+TOML_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
+def _describe(kind: Any) -> str:
+    """The field type ``kind`` in the words of a TOML file (an error says what was expected)."""
+    if kind is Path:
+        return "a path (a string)"
+    if kind is type(None):
+        return "absent"
+    if isinstance(kind, UnionType):
+        return " or ".join(_describe(member) for member in get_args(kind))
+    if get_origin(kind) is list:
+        (item,) = get_args(kind)
+        return f"a non-empty list, each {_describe(item)}"
+    return TOML_NAMES.get(kind, getattr(kind, "__name__", str(kind)))
+
+
 def _build(cls: type, values: dict[str, Any], where: str, path: Path, text: str) -> Any:
     hints = get_type_hints(cls)
     arguments = {}
@@ -252,7 +269,8 @@ def _build(cls: type, values: dict[str, Any], where: str, path: Path, text: str)
             arguments[key] = _build(kind, value, name, path, text)
         elif not _accepts(kind, value):
             raise DataFormatError(
-                f"{path}:{_line_of(text, key)}: field {name!r} must be {kind}, got {value!r}"
+                f"{path}:{_line_of(text, key)}: field {name!r} must be {_describe(kind)}, "
+                f"got {value!r}"
             )
         else:
             arguments[key] = Path(value) if kind is Path else value
