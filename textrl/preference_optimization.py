@@ -11,7 +11,7 @@ negative log-likelihood, is Pang et al. 2024's addition. Why the second term: DP
 pushes the two log-likelihoods apart, so the mass it takes from the rejected response can
 land anywhere. In the pipeline it landed partly on stray tokens ("r", "t.", "irok"), which
 the judges count as compliance on a harmful prompt; the likelihood term keeps it on the
-chosen refusal (stop 20, README "The pipeline").
+chosen refusal (stop 20, docs/experiments.md).
 
 The pairs come from the policy's own samples (``best_against_worst_pairs``): a violation
 the policy makes once in ten samples is the one to push down, and a pair written by

@@ -116,7 +116,7 @@ class RejectionSamplingSection:
     SFT (greedy steps within noise, three of seven seeds below it), two everywhere takes round 2
     to the reward models' plateau and leaves the last round nothing to add. Over seeds 0-6 the
     schedule's greedy gold rose at 19 of 21 steps against 18 for one epoch, and its last version
-    scored +0.013 more on average (README, "The pipeline")."""
+    scored +0.013 more on average (docs/experiments.md, stop 23)."""
     learning_rate: float = 1e-4
     minibatch_size: int = 32
     keep_best_of_all_rounds: bool = True
@@ -146,7 +146,8 @@ class SafetyDPOSection:
     enabled: bool = True
     """After PPO in the last round: DPO + NLL (``textrl.preference_optimization``) on pairs of
     the policy's own samples on the red-team prompts, to push down the rare compliance that
-    rejection sampling never keeps and PPO samples too seldom (README, "The pipeline")."""
+    rejection sampling never keeps and PPO samples too seldom (docs/experiments.md,
+    "Safety DPO")."""
     every_round: bool = False
     """Also after rejection sampling in the rounds before the last, so that every version is
     treated and the next round samples its preferences from treated models."""
@@ -162,7 +163,7 @@ class SafetyDPOSection:
     that look alike. A point on the helpfulness-safety trade-off, so off by default: at 4,
     over seeds 0-6, the last version's false refusals fell by about half and its greedy gold
     rose over the previous version's in every seed, but its sampled compliance with harmful
-    prompts rose by about half (README, "The pipeline")."""
+    prompts rose by about half (docs/experiments.md, "Borderline contrast pairs")."""
     temperature: float = 1.0
     beta: float = DPOConfig.beta
     nll_coefficient: float = DPOConfig.nll_coefficient

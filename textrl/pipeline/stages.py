@@ -602,8 +602,9 @@ def safety_dpo_stage(
 
     Why: rejection sampling keeps only the best sample, so it never shows the policy its rare
     compliance on a harmful prompt, and PPO samples it too seldom to push it down; the sampled
-    violation rate rose through every round (README, "The pipeline"). It runs after PPO in the
-    last round, and with ``every_round`` after rejection sampling in the earlier ones."""
+    violation rate rose through every round (docs/experiments.md, "Safety DPO"). It runs after
+    PPO in the last round, and with ``every_round`` after rejection sampling in the earlier
+    ones."""
     settings = config.safety_dpo
     prompts = red_team_prompts(preferences)
     if not prompts:
