@@ -581,15 +581,16 @@ def test_rejection_sampling_on_two_ranks_reduces_its_statistics_over_the_union(f
 
 @dataclasses.dataclass(frozen=True)
 class RunCommand:
-    """A picklable job: ``textrl <argv>``; its exit code and what it printed."""
+    """A picklable job: ``textrl <argv>``; its exit code, what it printed, and whether the
+    rank was still in the process group when the command returned."""
 
     argv: list[str]
 
-    def __call__(self) -> tuple[int, str]:
+    def __call__(self) -> tuple[int, str, bool]:
         printed = io.StringIO()
         with contextlib.redirect_stdout(printed):
             code = cli.main(self.argv)
-        return code, printed.getvalue()
+        return code, printed.getvalue(), torch.distributed.is_initialized()
 
 
 @pytest.mark.parametrize("options", [[], ["--fsdp"]], ids=["ddp", "fsdp"])
@@ -612,8 +613,11 @@ def test_textrl_rs_runs_a_round_on_two_ranks_and_writes_the_union_of_their_kept_
     argv = ["rs", "--policy", str(policy), "--out", str(tmp_path / "rs"), "--config", str(config)]
     argv += ["--helpfulness-rm", str(tmp_path / "rm"), "--safety-rm", str(tmp_path / "rm")]
     argv += options
-    (code, printed), (other_code, other_printed) = launch(RunCommand(argv), tmp_path / "results")
+    (code, printed, joined), (other_code, other_printed, other_joined) = launch(
+        RunCommand(argv), tmp_path / "results"
+    )
     assert code == other_code == 0 and other_printed == ""  # rank 0 alone reports
+    assert not joined and not other_joined  # the command left the group it joined
     result = json.loads(printed.splitlines()[-1])
     kept = torch.load(result["kept"], weights_only=False)  # both ranks' kept episodes
     assert result["kept_count"] == len(kept) > 0

@@ -480,6 +480,8 @@ def main(argv: list[str] | None = None) -> int:
     except (DataFormatError, FileNotFoundError, ValueError) as error:
         print(f"textrl {args.command}: error: {error}", file=sys.stderr)
         return 2
+    # after a failure a peer may still be inside a collective: leave the group only on success
+    distributed.shutdown()
     return 0
 
 

@@ -19,6 +19,7 @@ Both average gradients over ranks, so the loss weighting of ``shard`` serves bot
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import math
 import os
@@ -88,9 +89,18 @@ def setup(device: str = "cpu") -> Distributed:
 
 
 def shutdown() -> None:
-    """Leave the process group (call once at the end of a launched script)."""
+    """Leave the process group and free what still holds it (call once at the end of a
+    launched script).
+
+    DDP and FSDP modules keep the group alive through reference cycles, so after
+    ``destroy_process_group`` its gloo worker threads live on until the cycles are
+    collected. Left to interpreter finalization, that collection can abort the process
+    (SIGABRT, "terminate called without an active exception"; pytorch/pytorch#179291).
+    After the two-rank FSDP PPO test's job, destroying the group alone aborted a rank in 6
+    of 39 runs, destroying it and collecting in 0 of 36."""
     if dist.is_initialized():
         dist.destroy_process_group()
+        gc.collect()
 
 
 def rank() -> int:
