@@ -88,7 +88,10 @@ def _best_of_n_kl_section(
         + markdown_table(["N", "log N - (N-1)/N", *columns], rows)
         + "\n\nThe analytic value assumes every sample distinct with a distinct reward; "
         "repeated responses make the true KL lower (it is an upper bound, Beirami et al. "
-        "2024), so the ratio nears 1 as the share of distinct samples grows."
+        "2024), so the ratio nears 1 as the share of distinct samples grows. The measured "
+        "KL is exact for each prompt's sampled distribution; on a known policy as peaked as "
+        "a small SFT model, 128 samples per prompt recover its exact KL to about 1% "
+        "(`tests/test_best_of_n.py`)."
     )
 
 
