@@ -384,8 +384,8 @@ def probe_head(
     distorts the features the policy learned (Kumar et al. 2022). On the tiny model a head fit
     this way to the frozen SFT backbone ranks as well as the whole model fine-tuned from a
     random head, but fine-tuning from it gained 1.6 points on one seed's pairs and lost 0.5 on
-    another's (README, "SFT and reward models"): an option for pretrained backbones, whose
-    features are the ones worth keeping.
+    another's (docs/experiments.md, "Reward models against the Bayes ceiling"): an option for
+    pretrained backbones, whose features are the ones worth keeping.
     """
     head = getattr(model, "score", None)
     if not isinstance(head, torch.nn.Linear) or head.out_features != 1:

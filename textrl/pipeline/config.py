@@ -91,7 +91,8 @@ class RewardModelSection:
     probe_head: bool = False
     """Fit each reward model's scalar head to the frozen SFT backbone before fine-tuning
     (``textrl.reward_model.probe_head``). Off: on the tiny model it moved test accuracy by
-    -1 to +2.5 points, within the seeds' spread (README, "SFT and reward models")."""
+    -1 to +2.5 points, within the seeds' spread (docs/experiments.md, "Reward models against the
+    Bayes ceiling")."""
     safety_center_coefficient: float = 0.01
     """Reward-centering weight of the safety model. With the helpfulness pairs it pins
     ordinary answers near 0 (sigmoid 0.5), so the combined reward's 0.15 gate fires on unsafe
