@@ -97,7 +97,7 @@ def shutdown() -> None:
     collected. Left to interpreter finalization, that collection can abort the process
     (SIGABRT, "terminate called without an active exception"; pytorch/pytorch#179291).
     After the two-rank FSDP PPO test's job, destroying the group alone aborted a rank in 6
-    of 39 runs, destroying it and collecting in 0 of 36."""
+    of 39 runs, destroying it and collecting in 0 of 46."""
     if dist.is_initialized():
         dist.destroy_process_group()
         gc.collect()
