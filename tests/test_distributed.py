@@ -122,25 +122,31 @@ def base_model(tmp_path) -> Path:
 
 @dataclasses.dataclass(frozen=True)
 class TrainSFT:
-    """A picklable job: ``train_sft(config)``."""
+    """A picklable job: ``train_sft(config, stop_after_steps)``."""
 
     config: SFTConfig
+    stop_after_steps: int | None = None
 
     def __call__(self) -> list[float]:
-        return train_sft(self.config).losses
+        return train_sft(self.config, self.stop_after_steps).losses
 
 
-@pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp"])
-def test_sft_on_two_ranks_takes_the_steps_of_one_process_at_twice_the_batch(
-    base_model, tmp_path, fsdp
-):
+@pytest.fixture
+def demos(tmp_path) -> Path:
     data = tmp_path / "demos.jsonl"
     pairs = [("abc", "cba"), ("hh", "h"), ("de", "ed"), ("fgh", "hgf"), ("a", "aaaa"), ("bb", "b")]
     pairs = pairs * 4 + [("gg", "ab")]  # 13 packed rows: the last step's one row leaves rank 1 idle
     data.write_text("".join(json.dumps({"prompt": p, "answer": a}) + "\n" for p, a in pairs))
+    return data
+
+
+@pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp"])
+def test_sft_on_two_ranks_takes_the_steps_of_one_process_at_twice_the_batch(
+    base_model, demos, tmp_path, fsdp
+):
     config = SFTConfig(
         model=str(base_model),
-        data=data,
+        data=demos,
         output_dir=tmp_path / "one",
         epochs=2,
         learning_rate=1e-2,
@@ -162,6 +168,39 @@ def test_sft_on_two_ranks_takes_the_steps_of_one_process_at_twice_the_batch(
     loaded = model.state_dict()
     for name, weights in load_file(written[0] / "model.safetensors").items():
         assert torch.equal(loaded[name], weights), name
+
+
+@pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp"])
+def test_sft_on_two_ranks_stopped_and_resumed_ends_at_the_uninterrupted_weights(
+    base_model, demos, tmp_path, fsdp
+):
+    """The checkpoint gathers the (sharded) weights and AdamW state to rank 0; a resumed run
+    shards them again and continues each rank's data and random streams where they were."""
+    config = SFTConfig(
+        model=str(base_model),
+        data=demos,
+        output_dir=tmp_path / "straight",
+        epochs=2,
+        learning_rate=1e-2,
+        batch_size=1,
+        gradient_accumulation=2,
+        sequence_length=16,
+        save_every_steps=2,
+        fsdp=fsdp,
+    )
+    straight_losses, _ = launch(TrainSFT(config), tmp_path / "results")
+    interrupted = dataclasses.replace(config, output_dir=tmp_path / "interrupted")
+    launch(TrainSFT(interrupted, stop_after_steps=3), tmp_path / "results")
+    assert checkpoints(interrupted.output_dir)[-1].name == "checkpoint-000003"
+    resumed_losses, _ = launch(TrainSFT(interrupted), tmp_path / "results")
+    assert resumed_losses == straight_losses[3:]  # it ran only the steps after the checkpoint
+    straight, resumed = checkpoints(config.output_dir)[-1], checkpoints(interrupted.output_dir)[-1]
+    assert straight.name == resumed.name
+    straight_weights = load_file(straight / "model.safetensors")
+    resumed_weights = load_file(resumed / "model.safetensors")
+    assert straight_weights.keys() == resumed_weights.keys()
+    for name, weights in straight_weights.items():
+        assert torch.equal(weights, resumed_weights[name]), name
 
 
 @dataclasses.dataclass(frozen=True)
