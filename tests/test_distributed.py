@@ -477,12 +477,21 @@ def test_lockstep_decoding_with_a_sharded_model_gives_each_rank_its_unsynced_seq
 
 @dataclasses.dataclass(frozen=True)
 class TrainPPO:
-    """A picklable job: ``train_rlhf_ppo(config)`` with the test reward; its checkpoint."""
+    """A picklable job: ``train_rlhf_ppo(config, stop_after_iterations)`` with the test
+    reward; its checkpoint and how many responses this call scored (its rollouts)."""
 
     config: object
+    stop_after_iterations: int | None = None
 
-    def __call__(self) -> Path:
-        return train_rlhf_ppo(self.config, reward=a_count_reward).checkpoint
+    def __call__(self) -> tuple[Path, int]:
+        scored = []
+
+        def reward(prompts: list[str], responses: list[str]) -> list[float]:
+            scored.extend(responses)
+            return a_count_reward(prompts, responses)
+
+        result = train_rlhf_ppo(self.config, self.stop_after_iterations, reward=reward)
+        return result.checkpoint, len(scored)
 
 
 def test_fsdp_rlhf_ppo_on_two_ranks_writes_the_checkpoint_of_ddp(base_model, tmp_path):
@@ -493,10 +502,30 @@ def test_fsdp_rlhf_ppo_on_two_ranks_writes_the_checkpoint_of_ddp(base_model, tmp
         config = tiny_config(
             base_model, prompts, tmp_path / f"fsdp{fsdp}", iterations=2, batch_size=8, fsdp=fsdp
         )
-        checkpoint, _ = launch(TrainPPO(config), tmp_path / f"results{fsdp}")
+        (checkpoint, _), _ = launch(TrainPPO(config), tmp_path / f"results{fsdp}")
         written[fsdp] = checkpoint / "model.safetensors"
         load_causal_lm(checkpoint)  # a plain checkpoint: it loads whole in one process
     assert_same_weights(written[False], written[True])
+
+
+def test_fsdp_rlhf_ppo_on_two_ranks_stopped_and_resumed_ends_at_the_uninterrupted_weights(
+    base_model, tmp_path
+):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    config = tiny_config(
+        base_model, prompts, tmp_path / "straight", iterations=3, batch_size=8, fsdp=True
+    )
+    (straight, scored_straight), _ = launch(TrainPPO(config), tmp_path / "results")
+    interrupted = dataclasses.replace(config, output_dir=tmp_path / "interrupted")
+    launch(TrainPPO(interrupted, stop_after_iterations=1), tmp_path / "results")
+    (resumed, scored_resumed), _ = launch(TrainPPO(interrupted), tmp_path / "results")
+    assert scored_resumed == scored_straight * 2 // 3  # it ran iterations 2 and 3 only
+    assert straight.name == resumed.name
+    straight_weights = load_file(straight / "model.safetensors")
+    resumed_weights = load_file(resumed / "model.safetensors")
+    for name, weights in straight_weights.items():
+        assert torch.equal(weights, resumed_weights[name]), name
 
 
 def test_micro_batches_are_as_many_on_every_rank(monkeypatch):
