@@ -185,16 +185,26 @@ def test_rlhf_ppo_raises_the_reward_with_a_bounded_kl_and_writes_a_report(
 def test_a_resumed_rlhf_run_ends_with_the_same_weights(tiny_sft_checkpoint, tmp_path):
     checkpoint, prompts = tiny_sft_checkpoint
 
+    scored: dict[str, int] = {}
+
     def final_weights(output_dir, stop_first: bool) -> dict[str, torch.Tensor]:
         config = tiny_config(checkpoint, prompts, output_dir, iterations=3)
         if stop_first:
             train_rlhf_ppo(config, stop_after_iterations=1, reward=a_count_reward)
-        result = train_rlhf_ppo(config, reward=a_count_reward)
+        responses = []
+
+        def reward(prompts: Sequence[str], batch: Sequence[str]) -> list[float]:
+            responses.extend(batch)
+            return a_count_reward(prompts, batch)
+
+        result = train_rlhf_ppo(config, reward=reward)
+        scored[output_dir.name] = len(responses)
         model, _ = load_causal_lm(result.checkpoint)
         return model.state_dict()
 
     straight = final_weights(tmp_path / "straight", stop_first=False)
     resumed = final_weights(tmp_path / "resumed", stop_first=True)
+    assert scored["resumed"] == scored["straight"] * 2 // 3  # it ran iterations 2 and 3 only
     for name, value in straight.items():
         torch.testing.assert_close(resumed[name], value, atol=0, rtol=0)
 

@@ -171,6 +171,7 @@ def test_sft_learns_and_a_killed_run_resumes_to_the_same_weights(sft_setup, tmp_
     assert [p.name for p in checkpoints(interrupted_dir)][-1] == "checkpoint-000003"
     resumed = train_sft(sft_config(model_dir, data, interrupted_dir))
     assert resumed.steps == straight.steps
+    assert resumed.losses == straight.losses[3:]  # it ran only the steps after the checkpoint
     straight_weights = load_file(straight.checkpoint / "model.safetensors")
     resumed_weights = load_file(resumed.checkpoint / "model.safetensors")
     assert straight_weights.keys() == resumed_weights.keys()
