@@ -205,18 +205,17 @@ def test_sft_on_two_ranks_stopped_and_resumed_ends_at_the_uninterrupted_weights(
 
 @dataclasses.dataclass(frozen=True)
 class TrainRewardModel:
-    """A picklable job: ``train_reward_model(config)``."""
+    """A picklable job: ``train_reward_model(config, stop_after_steps)``."""
 
     config: RewardModelConfig
+    stop_after_steps: int | None = None
 
     def __call__(self) -> list[float]:
-        return train_reward_model(self.config).losses
+        return train_reward_model(self.config, self.stop_after_steps).losses
 
 
-@pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp"])
-def test_reward_model_on_two_ranks_takes_the_steps_of_one_process_at_twice_the_batch(
-    base_model, tmp_path, fsdp
-):
+@pytest.fixture
+def preferences(tmp_path) -> Path:
     ratings = ["significantly better", "better", "slightly better", "negligibly better/unsure"]
     responses = ["cba", "h", "ed", "hgf", "aaaa", "b", "gg", "abcd", "e"]
     pairs = [
@@ -233,9 +232,16 @@ def test_reward_model_on_two_ranks_takes_the_steps_of_one_process_at_twice_the_b
         for i, prompt in enumerate(["abc", "hh", "de", "fgh", "a", "bb"] * 3)
     ]  # 18 pairs at 8 per step: the last step's 2 pairs are one per rank
     write_preferences(tmp_path / "pairs.jsonl", pairs)
+    return tmp_path / "pairs.jsonl"
+
+
+@pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp"])
+def test_reward_model_on_two_ranks_takes_the_steps_of_one_process_at_twice_the_batch(
+    base_model, preferences, tmp_path, fsdp
+):
     config = RewardModelConfig(
         policy=str(base_model),
-        train=tmp_path / "pairs.jsonl",
+        train=preferences,
         output_dir=tmp_path / "one",
         epochs=2,
         learning_rate=1e-2,
@@ -249,6 +255,33 @@ def test_reward_model_on_two_ranks_takes_the_steps_of_one_process_at_twice_the_b
     written = checkpoints(per_rank.output_dir)
     assert [p.name for p in written] == [single.checkpoint.name]
     assert_same_weights(single.checkpoint / "model.safetensors", written[0] / "model.safetensors")
+
+
+def test_fsdp_reward_model_on_two_ranks_stopped_and_resumed_ends_at_the_uninterrupted_weights(
+    base_model, preferences, tmp_path
+):
+    config = RewardModelConfig(
+        policy=str(base_model),
+        train=preferences,
+        output_dir=tmp_path / "straight",
+        epochs=2,
+        learning_rate=1e-2,
+        batch_size=4,
+        fsdp=True,
+        save_every_steps=2,
+    )
+    straight_losses, _ = launch(TrainRewardModel(config), tmp_path / "results")
+    interrupted = dataclasses.replace(config, output_dir=tmp_path / "interrupted")
+    launch(TrainRewardModel(interrupted, stop_after_steps=3), tmp_path / "results")
+    assert checkpoints(interrupted.output_dir)[-1].name == "checkpoint-000003"
+    resumed_losses, _ = launch(TrainRewardModel(interrupted), tmp_path / "results")
+    assert resumed_losses == straight_losses[3:]  # it ran only the steps after the checkpoint
+    straight, resumed = checkpoints(config.output_dir)[-1], checkpoints(interrupted.output_dir)[-1]
+    assert straight.name == resumed.name
+    straight_weights = load_file(straight / "model.safetensors")
+    resumed_weights = load_file(resumed / "model.safetensors")
+    for name, weights in straight_weights.items():
+        assert torch.equal(weights, resumed_weights[name]), name
 
 
 class RolloutRecordingPPO(PPO):

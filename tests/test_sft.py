@@ -414,6 +414,34 @@ def test_training_with_a_probed_head_starts_from_the_probe(tmp_path):
     assert unprobed.probe_loss is None
 
 
+def test_a_stopped_reward_model_run_resumes_to_the_uninterrupted_weights(tmp_path):
+    tiny_model(seed=7).save_pretrained(tmp_path / "policy")
+    TOKENIZER.save_pretrained(tmp_path / "policy")
+    texts = [("abc", "cba", "abcd"), ("de", "ed", "e"), ("h", "h", ""), ("fg", "gf", "ff")]
+    pairs = [PreferencePair(*t, "better", "helpfulness", False, "x", "y") for t in texts * 3]
+    write_preferences(tmp_path / "pairs.jsonl", pairs)
+    config = RewardModelConfig(
+        policy=str(tmp_path / "policy"),
+        train=tmp_path / "pairs.jsonl",
+        output_dir=tmp_path / "straight",
+        epochs=2,
+        learning_rate=1e-2,
+        batch_size=4,
+        save_every_steps=2,
+    )
+    straight = train_reward_model(config)
+    interrupted = dataclasses.replace(config, output_dir=tmp_path / "interrupted")
+    train_reward_model(interrupted, stop_after_steps=3)
+    assert checkpoints(interrupted.output_dir)[-1].name == "checkpoint-000003"
+    resumed = train_reward_model(interrupted)
+    assert resumed.steps == straight.steps == 6
+    assert resumed.losses == straight.losses[3:]  # it ran only the steps after the checkpoint
+    straight_weights = load_file(straight.checkpoint / "model.safetensors")
+    resumed_weights = load_file(resumed.checkpoint / "model.safetensors")
+    for name, weights in straight_weights.items():
+        assert torch.equal(weights, resumed_weights[name]), name
+
+
 def test_the_other_categorys_share_of_training_pairs_is_drawn_as_asked(tmp_path):
     def pair(category: str, index: int) -> PreferencePair:
         return PreferencePair(f"p{index}", "a", "b", "better", category, False, "x", "y")

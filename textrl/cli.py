@@ -152,9 +152,8 @@ def _sft(args: argparse.Namespace) -> None:
         if result.losses
         else "No step was run: the run had already finished."
     )
-    report = write_report(
-        args.out, "SFT", [summary], {"loss": loss_figure(result.losses, "SFT loss (answer tokens)")}
-    )
+    figure = loss_figure(result.losses, "SFT loss (answer tokens)", result.steps)
+    report = write_report(args.out, "SFT", [summary], {"loss": figure})
     print(f"report: {report}")
     print(
         json.dumps(
@@ -207,7 +206,7 @@ def _reward_model(args: argparse.Namespace) -> None:
             "baseline the reward model should beat:\n\n" + table,
         ],
         {
-            "loss": loss_figure(result.losses, "ranking loss"),
+            "loss": loss_figure(result.losses, "ranking loss", result.steps),
             "accuracy": accuracy_figure(accuracies, [*RATINGS, "overall"]),
         },
     )

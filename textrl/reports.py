@@ -22,9 +22,12 @@ def save_figure(figure: plt.Figure, path: Path) -> None:
     plt.close(figure)
 
 
-def loss_figure(losses: Sequence[float], title: str) -> plt.Figure:
+def loss_figure(losses: Sequence[float], title: str, last_step: int | None = None) -> plt.Figure:
+    """``losses`` of the optimizer steps that end at ``last_step`` (default: ``len(losses)``):
+    a resumed run's losses start after its checkpoint's step."""
     figure, axis = plt.subplots(figsize=(6, 3.5))
-    axis.plot(range(1, len(losses) + 1), losses)
+    end = len(losses) if last_step is None else last_step
+    axis.plot(range(end - len(losses) + 1, end + 1), losses)
     axis.set_xlabel("optimizer step")
     axis.set_ylabel("loss")
     axis.set_title(title)

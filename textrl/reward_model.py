@@ -11,7 +11,8 @@ Under ``torchrun`` the model is wrapped in DDP and each step's global batch of
 ``world_size * batch_size`` pairs is split into one shard per rank; the loss mean
 over the global batch is kept exact as in SFT (``textrl.distributed.shard``); with
 ``fsdp`` the model is sharded per decoder layer instead, as in SFT. Rank 0 alone logs
-and writes the checkpoint.
+and writes the checkpoints. As in SFT, a checkpoint holds the optimizer, schedule and random
+streams too, so a killed run started again with the same config resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import math
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -44,7 +45,7 @@ from textrl.lm_losses import (
 )
 from textrl.models import ensure_distinct_padding, model_directory
 from textrl.optim import adamw_with_cosine
-from textrl.sft import checkpoint_path, save_checkpoint
+from textrl.sft import checkpoints, resume_training, save_training_checkpoint
 from textrl.sft_data import tokenize_conversation
 from textrl.world.annotator import RATINGS
 from textrl.world.preferences import PreferencePair, read_preferences
@@ -88,12 +89,18 @@ class RewardModelConfig:
     device: str = "cpu"
     fsdp: bool = False
     """Under torchrun, shard the model over ranks (FSDP2) instead of copying it (DDP)."""
+    save_every_steps: int = 500
+    """Optimizer steps between checkpoints (the last step is always saved). Above the
+    pipeline's run lengths, so its reward models write one checkpoint each."""
 
 
 @dataclass
 class RewardModelResult:
     checkpoint: Path
+    steps: int = 0
+    """Optimizer steps done, those of the run it resumed included."""
     losses: list[float] = field(default_factory=list)
+    """The loss of each step this call ran (a resumed run's start after its checkpoint)."""
     pairs_per_second: float = 0.0
     probe_loss: float | None = None
     """The training loss of the probed head on the frozen backbone (``probe_head`` only)."""
@@ -423,15 +430,21 @@ def training_pairs(
     return own + [others[i] for i in chosen[:count].tolist()]
 
 
-def train_reward_model(config: RewardModelConfig) -> RewardModelResult:
-    """Train on ``config.category``'s pairs of ``config.train``; returns the checkpoint.
+def train_reward_model(
+    config: RewardModelConfig, stop_after_steps: int | None = None
+) -> RewardModelResult:
+    """Train (or resume) on ``config.category``'s pairs of ``config.train``; returns the
+    checkpoint. ``stop_after_steps`` ends early, as a kill would.
 
     Launched by ``torchrun``, every rank runs this with the same config.
     """
     context = distributed.setup(config.device)
+    previous = checkpoints(config.output_dir) if config.output_dir.is_dir() else []
     torch.manual_seed(config.seed)  # the same scalar head on every rank
     pairs = training_pairs(read_preferences(config.train), config)
-    model, tokenizer = load_reward_model(config.policy, context.device)
+    model, tokenizer = load_reward_model(
+        previous[-1] if previous else config.policy, context.device
+    )
     # tokenized once (and checked for length up front), not again in every step and epoch
     prompts = [p.prompt for p in pairs]
     try:
@@ -441,8 +454,8 @@ def train_reward_model(config: RewardModelConfig) -> RewardModelResult:
         )
     except ValueError as error:
         raise ValueError(f"{config.train} ({config.category} pairs): {error}") from None
-    result = RewardModelResult(checkpoint=Path())
-    if config.probe_head:  # every rank fits the same head on all pairs, before any sharding
+    result = RewardModelResult(checkpoint=previous[-1] if previous else Path())
+    if config.probe_head and not previous:  # every rank fits the same head, before sharding
         result.probe_loss = probe_head(
             model,
             chosen_tokens,
@@ -460,15 +473,20 @@ def train_reward_model(config: RewardModelConfig) -> RewardModelResult:
     optimizer, scheduler = adamw_with_cosine(
         model, config.learning_rate, config.weight_decay, total_steps, config.warmup_fraction
     )
+    step = resume_training(previous[-1], model, optimizer, scheduler, context) if previous else 0
+    result.steps = step
     writer = (
         SummaryWriter(str(config.output_dir / "tensorboard")) if context.is_main_process else None
     )
     if writer is not None and result.probe_loss is not None:
         writer.add_scalar(f"rm/{config.category}/loss", result.probe_loss, 0)
-    start = time.perf_counter()
+    trained_pairs, start = 0, time.perf_counter()
+    end_step = total_steps if stop_after_steps is None else min(total_steps, stop_after_steps)
     steps = tqdm(
-        range(total_steps),
+        range(step, end_step),
         desc=f"reward model ({config.category})",
+        initial=step,
+        total=total_steps,
         disable=not context.is_main_process,
     )
     for step in steps:
@@ -477,6 +495,7 @@ def train_reward_model(config: RewardModelConfig) -> RewardModelResult:
             len(pairs), generator=torch.Generator().manual_seed(config.seed + epoch)
         )
         rows = order[position * pairs_per_step : (position + 1) * pairs_per_step]
+        trained_pairs += len(rows)
         part = distributed.shard(rows, len(rows))
         batch = [pairs[i] for i in part.rows]
         rows = [chosen_tokens[i] for i in part.rows] + [rejected_tokens[i] for i in part.rows]
@@ -498,21 +517,20 @@ def train_reward_model(config: RewardModelConfig) -> RewardModelResult:
         result.losses.append(loss)
         if writer is not None:
             writer.add_scalar(f"rm/{config.category}/loss", loss, step + 1)
+        if (step + 1) % config.save_every_steps == 0 or step + 1 in (end_step, total_steps):
+            result.checkpoint = save_training_checkpoint(
+                config.output_dir,
+                step + 1,
+                model,
+                tokenizer,
+                optimizer,
+                scheduler,
+                context,
+                {"category": config.category, "config": asdict(config)},
+            )
+        result.steps = step + 1
     elapsed = time.perf_counter() - start
-    result.pairs_per_second = len(pairs) * config.epochs / elapsed if elapsed > 0 else 0.0
-    model.eval()
-    weights = distributed.full_state_dict(model)  # a collective: every rank calls it
-    if context.is_main_process:
-        save_checkpoint(
-            config.output_dir,
-            total_steps,
-            model,
-            tokenizer,
-            {"step": total_steps, "category": config.category},
-            weights,
-        )
-    distributed.barrier()
-    result.checkpoint = checkpoint_path(config.output_dir, total_steps)
+    result.pairs_per_second = trained_pairs / elapsed if elapsed > 0 else 0.0
     if writer is not None:
         writer.close()
     return result

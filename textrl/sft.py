@@ -148,6 +148,53 @@ def save_checkpoint(
     return target
 
 
+def save_training_checkpoint(
+    output_dir: Path,
+    step: int,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    context: distributed.Distributed,
+    extra: dict[str, object],
+) -> Path:
+    """A checkpoint that ``resume_training`` continues from exactly: the weights, the optimizer
+    and schedule, and every rank's random stream, plus ``extra``. Every rank calls it (the
+    sharded weights and optimizer state are gathered); rank 0 writes, the others wait until
+    the checkpoint is in place."""
+    rng_by_rank = distributed.all_gather_object(torch.random.get_rng_state())
+    weights = distributed.full_state_dict(model)
+    optimizer_state = distributed.full_optimizer_state(model, optimizer)
+    if context.is_main_process:
+        state = {
+            "optimizer": optimizer_state,
+            "scheduler": scheduler.state_dict(),
+            "step": step,
+            "torch_rng_by_rank": rng_by_rank,
+            **extra,
+        }
+        save_checkpoint(output_dir, step, model, tokenizer, state, weights)
+    distributed.barrier()  # the other ranks may read it (resume) once it is in place
+    return checkpoint_path(output_dir, step)
+
+
+def resume_training(
+    checkpoint: Path,
+    model: PreTrainedModel,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    context: distributed.Distributed,
+) -> int:
+    """Load what ``save_training_checkpoint`` wrote into a run set up as the one that wrote it
+    (the model already loaded from ``checkpoint`` and wrapped); the step it had reached."""
+    state = torch.load(checkpoint / STATE_FILE, weights_only=False)
+    distributed.load_optimizer_state(model, optimizer, state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    _restore_rng(state["torch_rng_by_rank"], context)
+    logger.info("resuming %s at step %d", checkpoint, state["step"])
+    return state["step"]
+
+
 def train_sft(config: SFTConfig, stop_after_steps: int | None = None) -> SFTResult:
     """Train (or resume) an SFT run; ``stop_after_steps`` ends early, as a kill would.
 
@@ -172,14 +219,7 @@ def train_sft(config: SFTConfig, stop_after_steps: int | None = None) -> SFTResu
     optimizer, scheduler = adamw_with_cosine(
         model, config.learning_rate, config.weight_decay, total_steps, config.warmup_fraction
     )
-    step = 0
-    if previous:
-        state = torch.load(previous[-1] / STATE_FILE, weights_only=False)
-        distributed.load_optimizer_state(model, optimizer, state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        step = state["step"]
-        _restore_rng(state["torch_rng_by_rank"], context)
-        logger.info("resuming %s at step %d of %d", previous[-1], step, total_steps)
+    step = resume_training(previous[-1], model, optimizer, scheduler, context) if previous else 0
     writer = (
         SummaryWriter(str(config.output_dir / "tensorboard")) if context.is_main_process else None
     )
@@ -211,26 +251,16 @@ def train_sft(config: SFTConfig, stop_after_steps: int | None = None) -> SFTResu
             writer.add_scalar("sft/learning_rate", scheduler.get_last_lr()[0], step + 1)
         progress.set_postfix(loss=f"{step_loss:.3f}")
         if (step + 1) % config.save_every_steps == 0 or step + 1 in (end_step, total_steps):
-            rng_by_rank = distributed.all_gather_object(torch.random.get_rng_state())
-            weights = distributed.full_state_dict(model)  # collectives: every rank calls them
-            optimizer_state = distributed.full_optimizer_state(model, optimizer)
-            if context.is_main_process:
-                save_checkpoint(
-                    config.output_dir,
-                    step + 1,
-                    model,
-                    tokenizer,
-                    {
-                        "optimizer": optimizer_state,
-                        "scheduler": scheduler.state_dict(),
-                        "step": step + 1,
-                        "torch_rng_by_rank": rng_by_rank,
-                        "config": asdict(config),
-                    },
-                    weights,
-                )
-            distributed.barrier()  # the other ranks may read it (resume) once it is in place
-            result.checkpoint = checkpoint_path(config.output_dir, step + 1)
+            result.checkpoint = save_training_checkpoint(
+                config.output_dir,
+                step + 1,
+                model,
+                tokenizer,
+                optimizer,
+                scheduler,
+                context,
+                {"config": asdict(config)},
+            )
         result.steps = step + 1
     elapsed = time.perf_counter() - start
     result.tokens_per_second = trained_tokens / elapsed if elapsed > 0 else 0.0
