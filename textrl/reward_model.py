@@ -480,7 +480,7 @@ def train_reward_model(
     )
     if writer is not None and result.probe_loss is not None:
         writer.add_scalar(f"rm/{config.category}/loss", result.probe_loss, 0)
-    trained_pairs, start = 0, time.perf_counter()
+    trained_pairs, saving, start = 0, 0.0, time.perf_counter()  # throughput leaves out saves
     end_step = total_steps if stop_after_steps is None else min(total_steps, stop_after_steps)
     steps = tqdm(
         range(step, end_step),
@@ -518,6 +518,7 @@ def train_reward_model(
         if writer is not None:
             writer.add_scalar(f"rm/{config.category}/loss", loss, step + 1)
         if (step + 1) % config.save_every_steps == 0 or step + 1 in (end_step, total_steps):
+            saving_from = time.perf_counter()
             result.checkpoint = save_training_checkpoint(
                 config.output_dir,
                 step + 1,
@@ -528,8 +529,9 @@ def train_reward_model(
                 context,
                 {"category": config.category, "config": asdict(config)},
             )
+            saving += time.perf_counter() - saving_from
         result.steps = step + 1
-    elapsed = time.perf_counter() - start
+    elapsed = time.perf_counter() - start - saving
     result.pairs_per_second = trained_pairs / elapsed if elapsed > 0 else 0.0
     if writer is not None:
         writer.close()

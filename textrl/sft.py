@@ -224,7 +224,7 @@ def train_sft(config: SFTConfig, stop_after_steps: int | None = None) -> SFTResu
         SummaryWriter(str(config.output_dir / "tensorboard")) if context.is_main_process else None
     )
     result = SFTResult(checkpoint=previous[-1] if previous else Path(), steps=step)
-    trained_tokens, start = 0, time.perf_counter()
+    trained_tokens, saving, start = 0, 0.0, time.perf_counter()  # throughput leaves out saves
     end_step = total_steps if stop_after_steps is None else min(total_steps, stop_after_steps)
     progress = tqdm(
         range(step, end_step),
@@ -251,6 +251,7 @@ def train_sft(config: SFTConfig, stop_after_steps: int | None = None) -> SFTResu
             writer.add_scalar("sft/learning_rate", scheduler.get_last_lr()[0], step + 1)
         progress.set_postfix(loss=f"{step_loss:.3f}")
         if (step + 1) % config.save_every_steps == 0 or step + 1 in (end_step, total_steps):
+            saving_from = time.perf_counter()
             result.checkpoint = save_training_checkpoint(
                 config.output_dir,
                 step + 1,
@@ -261,8 +262,9 @@ def train_sft(config: SFTConfig, stop_after_steps: int | None = None) -> SFTResu
                 context,
                 {"config": asdict(config)},
             )
+            saving += time.perf_counter() - saving_from
         result.steps = step + 1
-    elapsed = time.perf_counter() - start
+    elapsed = time.perf_counter() - start - saving
     result.tokens_per_second = trained_tokens / elapsed if elapsed > 0 else 0.0
     if writer is not None:
         writer.close()
