@@ -36,7 +36,14 @@ from agents.segments import segments_from_buffer
 from agents.text_collector import TextCollector
 from envs.text_generation import TextGenerationVectorEnv
 from tests.test_rlhf_ppo import a_count_reward, tiny_config
-from tests.text_fixtures import PROMPTS, TOKENIZER, length_reward, text_env_and_policy, tiny_model
+from tests.text_fixtures import (
+    PROMPTS,
+    TOKENIZER,
+    assert_identical_weights,
+    length_reward,
+    text_env_and_policy,
+    tiny_model,
+)
 from textrl import cli, distributed
 from textrl.generation import generate_responses
 from textrl.kl import AdaptiveKLController
@@ -196,11 +203,7 @@ def test_sft_on_two_ranks_stopped_and_resumed_ends_at_the_uninterrupted_weights(
     assert resumed_losses == straight_losses[3:]  # it ran only the steps after the checkpoint
     straight, resumed = checkpoints(config.output_dir)[-1], checkpoints(interrupted.output_dir)[-1]
     assert straight.name == resumed.name
-    straight_weights = load_file(straight / "model.safetensors")
-    resumed_weights = load_file(resumed / "model.safetensors")
-    assert straight_weights.keys() == resumed_weights.keys()
-    for name, weights in straight_weights.items():
-        assert torch.equal(weights, resumed_weights[name]), name
+    assert_identical_weights(straight, resumed)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -278,10 +281,7 @@ def test_fsdp_reward_model_on_two_ranks_stopped_and_resumed_ends_at_the_uninterr
     assert resumed_losses == straight_losses[3:]  # it ran only the steps after the checkpoint
     straight, resumed = checkpoints(config.output_dir)[-1], checkpoints(interrupted.output_dir)[-1]
     assert straight.name == resumed.name
-    straight_weights = load_file(straight / "model.safetensors")
-    resumed_weights = load_file(resumed / "model.safetensors")
-    for name, weights in straight_weights.items():
-        assert torch.equal(weights, resumed_weights[name]), name
+    assert_identical_weights(straight, resumed)
 
 
 class RolloutRecordingPPO(PPO):
@@ -555,10 +555,7 @@ def test_fsdp_rlhf_ppo_on_two_ranks_stopped_and_resumed_ends_at_the_uninterrupte
     (resumed, scored_resumed), _ = launch(TrainPPO(interrupted), tmp_path / "results")
     assert scored_resumed == scored_straight * 2 // 3  # it ran iterations 2 and 3 only
     assert straight.name == resumed.name
-    straight_weights = load_file(straight / "model.safetensors")
-    resumed_weights = load_file(resumed / "model.safetensors")
-    for name, weights in straight_weights.items():
-        assert torch.equal(weights, resumed_weights[name]), name
+    assert_identical_weights(straight, resumed)
 
 
 def test_micro_batches_are_as_many_on_every_rank(monkeypatch):

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from envs.text_generation import TextGenerationEnv
-from tests.text_fixtures import TOKENIZER, tiny_model
+from tests.text_fixtures import TOKENIZER, assert_identical_weights, tiny_model
 from textrl.combined_reward import CombinedReward, Whitening, gated_score
 from textrl.jsonl import DataFormatError
 from textrl.lm_losses import (
@@ -172,11 +172,7 @@ def test_sft_learns_and_a_killed_run_resumes_to_the_same_weights(sft_setup, tmp_
     resumed = train_sft(sft_config(model_dir, data, interrupted_dir))
     assert resumed.steps == straight.steps
     assert resumed.losses == straight.losses[3:]  # it ran only the steps after the checkpoint
-    straight_weights = load_file(straight.checkpoint / "model.safetensors")
-    resumed_weights = load_file(resumed.checkpoint / "model.safetensors")
-    assert straight_weights.keys() == resumed_weights.keys()
-    for name, weights in straight_weights.items():
-        assert torch.equal(weights, resumed_weights[name]), name
+    assert_identical_weights(straight.checkpoint, resumed.checkpoint)
 
 
 def test_bad_sft_input_names_file_line_and_field(tmp_path):
@@ -234,10 +230,7 @@ def test_a_run_killed_with_sigkill_keeps_its_checkpoint_and_resumes_to_the_same_
         assert (checkpoint / "model.safetensors").is_file()
     resumed = train_sft(config)
     assert resumed.steps == straight.steps
-    straight_weights = load_file(straight.checkpoint / "model.safetensors")
-    resumed_weights = load_file(resumed.checkpoint / "model.safetensors")
-    for name, weights in straight_weights.items():
-        assert torch.equal(weights, resumed_weights[name]), name
+    assert_identical_weights(straight.checkpoint, resumed.checkpoint)
 
 
 def test_the_combined_reward_is_a_batched_reward_function_the_text_env_accepts(tmp_path):
@@ -436,10 +429,7 @@ def test_a_stopped_reward_model_run_resumes_to_the_uninterrupted_weights(tmp_pat
     resumed = train_reward_model(interrupted)
     assert resumed.steps == straight.steps == 6
     assert resumed.losses == straight.losses[3:]  # it ran only the steps after the checkpoint
-    straight_weights = load_file(straight.checkpoint / "model.safetensors")
-    resumed_weights = load_file(resumed.checkpoint / "model.safetensors")
-    for name, weights in straight_weights.items():
-        assert torch.equal(weights, resumed_weights[name]), name
+    assert_identical_weights(straight.checkpoint, resumed.checkpoint)
 
 
 def test_the_other_categorys_share_of_training_pairs_is_drawn_as_asked(tmp_path):

@@ -1,10 +1,12 @@
-"""Shared builders for the text tests: a tiny Llama over a character tokenizer."""
+"""Shared builders and checks for the text tests: a tiny Llama over a character tokenizer."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 from agents.lm_policy import LMActorCriticPolicy
 from envs.text_generation import TextGenerationVectorEnv
@@ -52,3 +54,12 @@ def text_env_and_policy(
         sampling=sampling,
     )
     return env, policy
+
+
+def assert_identical_weights(left: Path, right: Path) -> None:
+    """Two checkpoints hold the same tensors bit for bit (a resumed run against a straight one)."""
+    left_weights = load_file(left / "model.safetensors")
+    right_weights = load_file(right / "model.safetensors")
+    assert left_weights.keys() == right_weights.keys()
+    for name, weights in left_weights.items():
+        assert torch.equal(weights, right_weights[name]), name

@@ -45,7 +45,7 @@ from textrl.lm_losses import (
 )
 from textrl.models import ensure_distinct_padding, model_directory
 from textrl.optim import adamw_with_cosine
-from textrl.sft import checkpoints, resume_training, save_training_checkpoint
+from textrl.sft import CheckpointSchedule, checkpoints, resume_training
 from textrl.sft_data import tokenize_conversation
 from textrl.world.annotator import RATINGS
 from textrl.world.preferences import PreferencePair, read_preferences
@@ -480,8 +480,19 @@ def train_reward_model(
     )
     if writer is not None and result.probe_loss is not None:
         writer.add_scalar(f"rm/{config.category}/loss", result.probe_loss, 0)
-    trained_pairs, saving, start = 0, 0.0, time.perf_counter()  # throughput leaves out saves
+    trained_pairs, start = 0, time.perf_counter()
     end_step = total_steps if stop_after_steps is None else min(total_steps, stop_after_steps)
+    saving = CheckpointSchedule(
+        config.output_dir,
+        model,
+        tokenizer,
+        optimizer,
+        scheduler,
+        context,
+        {"category": config.category, "config": asdict(config)},
+        config.save_every_steps,
+        (end_step, total_steps),
+    )
     steps = tqdm(
         range(step, end_step),
         desc=f"reward model ({config.category})",
@@ -517,21 +528,9 @@ def train_reward_model(
         result.losses.append(loss)
         if writer is not None:
             writer.add_scalar(f"rm/{config.category}/loss", loss, step + 1)
-        if (step + 1) % config.save_every_steps == 0 or step + 1 in (end_step, total_steps):
-            saving_from = time.perf_counter()
-            result.checkpoint = save_training_checkpoint(
-                config.output_dir,
-                step + 1,
-                model,
-                tokenizer,
-                optimizer,
-                scheduler,
-                context,
-                {"category": config.category, "config": asdict(config)},
-            )
-            saving += time.perf_counter() - saving_from
+        result.checkpoint = saving.after_step(step + 1) or result.checkpoint
         result.steps = step + 1
-    elapsed = time.perf_counter() - start - saving
+    elapsed = time.perf_counter() - start - saving.seconds
     result.pairs_per_second = trained_pairs / elapsed if elapsed > 0 else 0.0
     if writer is not None:
         writer.close()

@@ -148,34 +148,46 @@ def save_checkpoint(
     return target
 
 
-def save_training_checkpoint(
-    output_dir: Path,
-    step: int,
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    context: distributed.Distributed,
-    extra: dict[str, object],
-) -> Path:
-    """A checkpoint that ``resume_training`` continues from exactly: the weights, the optimizer
-    and schedule, and every rank's random stream, plus ``extra``. Every rank calls it (the
-    sharded weights and optimizer state are gathered); rank 0 writes, the others wait until
-    the checkpoint is in place."""
-    rng_by_rank = distributed.all_gather_object(torch.random.get_rng_state())
-    weights = distributed.full_state_dict(model)
-    optimizer_state = distributed.full_optimizer_state(model, optimizer)
-    if context.is_main_process:
-        state = {
-            "optimizer": optimizer_state,
-            "scheduler": scheduler.state_dict(),
-            "step": step,
-            "torch_rng_by_rank": rng_by_rank,
-            **extra,
-        }
-        save_checkpoint(output_dir, step, model, tokenizer, state, weights)
-    distributed.barrier()  # the other ranks may read it (resume) once it is in place
-    return checkpoint_path(output_dir, step)
+@dataclass
+class CheckpointSchedule:
+    """A run's checkpoints: every ``every`` steps, at the step it stops at and at its last.
+    Each holds what ``resume_training`` needs to continue exactly (weights, optimizer,
+    schedule, every rank's random stream) plus ``extra``; the seconds spent writing them add
+    up in ``seconds``, which throughput leaves out."""
+
+    output_dir: Path
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    context: distributed.Distributed
+    extra: dict[str, object]
+    every: int
+    last_steps: tuple[int, ...]
+    """The step the run stops at and its final step: always saved."""
+    seconds: float = 0.0
+
+    def after_step(self, step: int) -> Path | None:
+        """The checkpoint written after optimizer step ``step`` (1-based), if one is due."""
+        if step % self.every and step not in self.last_steps:
+            return None
+        begun = time.perf_counter()
+        # collectives (the sharded weights and optimizer state are gathered): every rank
+        rng_by_rank = distributed.all_gather_object(torch.random.get_rng_state())
+        weights = distributed.full_state_dict(self.model)
+        optimizer_state = distributed.full_optimizer_state(self.model, self.optimizer)
+        if self.context.is_main_process:
+            state = {
+                "optimizer": optimizer_state,
+                "scheduler": self.scheduler.state_dict(),
+                "step": step,
+                "torch_rng_by_rank": rng_by_rank,
+                **self.extra,
+            }
+            save_checkpoint(self.output_dir, step, self.model, self.tokenizer, state, weights)
+        distributed.barrier()  # the other ranks may read it (resume) once it is in place
+        self.seconds += time.perf_counter() - begun
+        return checkpoint_path(self.output_dir, step)
 
 
 def resume_training(
@@ -185,7 +197,7 @@ def resume_training(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     context: distributed.Distributed,
 ) -> int:
-    """Load what ``save_training_checkpoint`` wrote into a run set up as the one that wrote it
+    """Load what ``CheckpointSchedule`` wrote into a run set up as the one that wrote it
     (the model already loaded from ``checkpoint`` and wrapped); the step it had reached."""
     state = torch.load(checkpoint / STATE_FILE, weights_only=False)
     distributed.load_optimizer_state(model, optimizer, state["optimizer"])
@@ -224,8 +236,19 @@ def train_sft(config: SFTConfig, stop_after_steps: int | None = None) -> SFTResu
         SummaryWriter(str(config.output_dir / "tensorboard")) if context.is_main_process else None
     )
     result = SFTResult(checkpoint=previous[-1] if previous else Path(), steps=step)
-    trained_tokens, saving, start = 0, 0.0, time.perf_counter()  # throughput leaves out saves
+    trained_tokens, start = 0, time.perf_counter()
     end_step = total_steps if stop_after_steps is None else min(total_steps, stop_after_steps)
+    saving = CheckpointSchedule(
+        config.output_dir,
+        model,
+        tokenizer,
+        optimizer,
+        scheduler,
+        context,
+        {"config": asdict(config)},
+        config.save_every_steps,
+        (end_step, total_steps),
+    )
     progress = tqdm(
         range(step, end_step),
         desc="sft",
@@ -250,21 +273,9 @@ def train_sft(config: SFTConfig, stop_after_steps: int | None = None) -> SFTResu
             writer.add_scalar("sft/loss", step_loss, step + 1)
             writer.add_scalar("sft/learning_rate", scheduler.get_last_lr()[0], step + 1)
         progress.set_postfix(loss=f"{step_loss:.3f}")
-        if (step + 1) % config.save_every_steps == 0 or step + 1 in (end_step, total_steps):
-            saving_from = time.perf_counter()
-            result.checkpoint = save_training_checkpoint(
-                config.output_dir,
-                step + 1,
-                model,
-                tokenizer,
-                optimizer,
-                scheduler,
-                context,
-                {"config": asdict(config)},
-            )
-            saving += time.perf_counter() - saving_from
+        result.checkpoint = saving.after_step(step + 1) or result.checkpoint
         result.steps = step + 1
-    elapsed = time.perf_counter() - start - saving
+    elapsed = time.perf_counter() - start - saving.seconds
     result.tokens_per_second = trained_tokens / elapsed if elapsed > 0 else 0.0
     if writer is not None:
         writer.close()
