@@ -2,14 +2,18 @@
 
     python examples/reward_model_scaling.py --round 3 --extra-pairs 0 12000 42000 --epochs 1 2
     python examples/reward_model_scaling.py --config my_run.toml     # the config the run used
+    python examples/reward_model_scaling.py --extra-pairs 0 --epochs 2 --learning-rates 1e-5 3e-5
+    python examples/reward_model_scaling.py --extra-pairs 0 --epochs 1 --probe-head
 
 Reads a finished pipeline run (the config's ``output_dir``). For round R it draws up to
 ``max(--extra-pairs)`` fresh helpfulness pairs the way the pipeline drew that round's
 (the same models, temperatures and simulated annotator, on the ``rlhf`` prompts), from a
-seed the pipeline does not use, and shuffles them. For each size in ``--extra-pairs`` and
-each count in ``--epochs`` it trains a helpfulness reward model from SFT at the pipeline's
-settings on the round's own train pairs plus the share ``size / max(--extra-pairs)`` of the
-fresh pairs (pairs whose two responses are the same text are dropped, as in the pipeline), and
+seed the pipeline does not use, and shuffles them. For each size in ``--extra-pairs``, each
+count in ``--epochs`` and each rate in ``--learning-rates`` (default: the pipeline's) it
+trains a helpfulness reward model from SFT at the pipeline's other settings (``--probe-head``
+or ``--no-probe-head`` overrides the config's ``probe_head``) on the round's own
+train pairs plus the share ``size / max(--extra-pairs)`` of the fresh pairs (pairs whose two
+responses are the same text are dropped, as in the pipeline), and
 scores it on the round's test pairs. Size 0 at the pipeline's epochs retrains the round's own
 helpfulness model (the same pairs, order and seed):
 
@@ -28,6 +32,8 @@ tiny model's stops.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import itertools
 import json
 import time
 from collections.abc import Sequence
@@ -63,6 +69,8 @@ FAMILY_MINIMUM = 50
 class ScalingRow:
     train_pairs: int
     epochs: int
+    learning_rate: float
+    probe_head: bool
     accuracy: float
     expected_accuracy: float
     family_expected_accuracy: dict[str, float]
@@ -96,10 +104,11 @@ def rank_test_pairs(checkpoint: Path, pairs: Sequence[PreferencePair], device: s
 
 def scaling_figure(rows: Sequence[ScalingRow], ceiling: float) -> plt.Figure:
     figure, axis = plt.subplots(figsize=(6, 3.8))
-    for epochs in sorted({row.epochs for row in rows}):
-        mine = [row for row in rows if row.epochs == epochs]
+    for epochs, rate in sorted({(row.epochs, row.learning_rate) for row in rows}):
+        mine = [row for row in rows if (row.epochs, row.learning_rate) == (epochs, rate)]
         pairs = [row.train_pairs for row in mine]
-        axis.plot(pairs, [r.expected_accuracy for r in mine], "o-", label=f"{epochs} epoch(s)")
+        label = f"{epochs} epoch(s), lr {rate:g}" + (", probe head" if mine[0].probe_head else "")
+        axis.plot(pairs, [r.expected_accuracy for r in mine], "o-", label=label)
         axis.plot(pairs, [r.accuracy for r in mine], "x", color=axis.lines[-1].get_color())
     axis.axhline(ceiling, color="black", linestyle="--", label="Bayes ceiling")
     axis.axhline(ceiling - 0.03, color="gray", linestyle=":", label="ceiling - 3 points")
@@ -118,9 +127,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
     parser.add_argument("--round", type=int, default=None, help="default: the run's last round")
     parser.add_argument("--extra-pairs", type=int, nargs="+", default=[0, 12000, 42000])
     parser.add_argument("--epochs", type=int, nargs="+", default=[1, 2])
+    parser.add_argument(
+        "--learning-rates", type=float, nargs="+", help="default: the config's reward-model rate"
+    )
+    parser.add_argument(
+        "--probe-head", action=argparse.BooleanOptionalAction, help="default: the config's"
+    )
     args = parser.parse_args(argv)
     config = load_pipeline_config(args.config)
     round_index = args.round or config.rounds
+    learning_rates = args.learning_rates or [config.reward_model.learning_rate]
+    probe = config.reward_model.probe_head if args.probe_head is None else args.probe_head
     run = config.output_dir
     ledger_path = run / LEDGER_FILE
     if not ledger_path.exists():
@@ -156,17 +173,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
         kept = round(len(extra) * draws / max(max(args.extra_pairs), 1))
         train = out / f"train_{draws}.jsonl"
         write_preferences(train, own + extra[:kept])
-        for epochs in args.epochs:
+        for epochs, rate in itertools.product(args.epochs, learning_rates):
             start = time.perf_counter()
-            output_dir = out / f"extra{draws}_epochs{epochs}"
+            output_dir = out / f"extra{draws}_epochs{epochs}_lr{rate:g}{'_probe' * probe}"
+            settings = reward_model_config(config, "helpfulness", sft, train, output_dir, epochs)
             trained = train_reward_model(
-                reward_model_config(config, "helpfulness", sft, train, output_dir, epochs)
+                dataclasses.replace(settings, learning_rate=rate, probe_head=probe)
             )
             score_gaps = rank_test_pairs(trained.checkpoint, test, config.device)
             rows.append(
                 ScalingRow(
                     train_pairs=sum(p.category == "helpfulness" for p in own + extra[:kept]),
                     epochs=epochs,
+                    learning_rate=rate,
+                    probe_head=probe,
                     accuracy=float(np.mean(np.where(score_gaps == 0, 0.5, score_gaps > 0))),
                     expected_accuracy=expected_accuracy(gaps, score_gaps, noise),
                     family_expected_accuracy={
@@ -177,11 +197,23 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
                 )
             )
     overall = markdown_table(
-        ["train pairs", "epochs", "accuracy", "expected", "ceiling", "points under", "seconds"],
+        [
+            "train pairs",
+            "epochs",
+            "learning rate",
+            "probe head",
+            "accuracy",
+            "expected",
+            "ceiling",
+            "points under",
+            "seconds",
+        ],
         [
             [
                 r.train_pairs,
                 r.epochs,
+                f"{r.learning_rate:g}",
+                "yes" if r.probe_head else "no",
                 r.accuracy,
                 r.expected_accuracy,
                 ceiling,
@@ -192,9 +224,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
         ],
     )
     by_family = markdown_table(
-        ["train pairs", "epochs", *shown],
-        [[r.train_pairs, r.epochs, *(r.family_expected_accuracy[f] for f in shown)] for r in rows]
-        + [["ceiling", "", *(bayes_accuracy(gaps[families == f], noise) for f in shown)]],
+        ["train pairs", "epochs", "learning rate", *shown],
+        [
+            [r.train_pairs, r.epochs, f"{r.learning_rate:g}"]
+            + [r.family_expected_accuracy[f] for f in shown]
+            for r in rows
+        ]
+        + [["ceiling", "", "", *(bayes_accuracy(gaps[families == f], noise) for f in shown)]],
     )
     report = write_report(
         out,
@@ -202,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
         [
             f"{len(test)} helpfulness test pairs of round {round_index}; the round's own "
             f"train pairs plus fresh ones from {', '.join(name for name, _ in models)}; "
-            f"learning rate {config.reward_model.learning_rate}, batch "
+            f"batch "
             f"{config.reward_model.batch_size}.\n\n" + overall,
             "## Expected accuracy per task family\n\n" + by_family,
         ],
@@ -215,6 +251,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
             {
                 "train_pairs": r.train_pairs,
                 "epochs": r.epochs,
+                "learning_rate": r.learning_rate,
+                "probe_head": r.probe_head,
                 "accuracy": round(r.accuracy, 4),
                 "expected_accuracy": round(r.expected_accuracy, 4),
             }

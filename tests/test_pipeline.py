@@ -168,6 +168,19 @@ def test_the_pipeline_runs_every_stage_and_writes_its_report(tmp_path, device):
         assert own["accuracy"] == pytest.approx(pipeline_rm["test_accuracy"]["overall"], abs=1e-4)
         assert Path(summary["report"]).exists()
         assert (Path(summary["report"]).parent / "scaling.png").exists()
+        # a learning-rate grid with a probed head: new models, each its own directory
+        rate = config.reward_model.learning_rate
+        grid = ["--extra-pairs", "0", "--learning-rates", str(rate), str(2 * rate), "--probe-head"]
+        rows = scaling["main"]([*arguments[:2], *grid, "--epochs", "1"])["rows"]
+        assert [(r["learning_rate"], r["probe_head"]) for r in rows] == [
+            (rate, True),
+            (2 * rate, True),
+        ]
+        directories = sorted(p.name for p in Path(summary["report"]).parent.glob("extra0_*"))
+        assert directories == [
+            f"extra0_epochs1_lr{r:g}{s}"
+            for r, s in [(rate, ""), (rate, "_probe"), (2 * rate, "_probe")]
+        ]
 
 
 def test_preference_pairs_do_not_depend_on_what_ran_before(tmp_path):
