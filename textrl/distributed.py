@@ -65,13 +65,19 @@ class Distributed:
         return self.world_size > 1
 
 
+def launched_world_size() -> int:
+    """How many processes the launcher (torchrun, Accelerate) started: ``WORLD_SIZE``, 1
+    without one; known before any process group is joined."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def setup(device: str = "cpu") -> Distributed:
     """Join the job that launched this process (idempotent), or describe a single process.
 
     On CUDA each process drives ``cuda:LOCAL_RANK`` (one GPU per worker); ``device``
     only picks the kind, so the same config runs on 1 or N GPUs.
     """
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    world_size = launched_world_size()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     kind = torch.device(device).type
     if world_size == 1:
