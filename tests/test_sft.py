@@ -205,18 +205,12 @@ def test_logit_whitening_on_hand_cases():
     assert whitening(torch.tensor([0.5, 1.5])).tolist() == pytest.approx([0.0, 1.41421356])
 
 
-def test_a_run_killed_with_sigkill_keeps_its_checkpoint_and_resumes_to_the_same_weights(
-    sft_setup, tmp_path
-):
-    model_dir, data = sft_setup
-    config = dataclasses.replace(sft_config(model_dir, data, tmp_path / "killed"), epochs=8)
-    straight = train_sft(dataclasses.replace(config, output_dir=tmp_path / "straight"))
-    script = (
-        "import sys, torch; from pathlib import Path; from textrl.sft import SFTConfig, train_sft; "
-        f"train_sft(SFTConfig(model={str(model_dir)!r}, data=Path({str(data)!r}), "
-        f"output_dir=Path({str(config.output_dir)!r}), epochs=8, learning_rate=1e-2, batch_size=2, "
-        "sequence_length=24, save_every_steps=2))"
-    )
+def killed_mid_run(function: str, config: SFTConfig | RewardModelConfig) -> int:
+    """Run ``textrl.<function>(config)`` in a child process, SIGKILL it as soon as it has
+    written a checkpoint, check that every checkpoint it left is complete, and return the
+    last one's step."""
+    module, name = function.rsplit(".", 1)
+    script = f"from pathlib import PosixPath; from textrl.{module} import *; {name}({config!r})"
     process = subprocess.Popen([sys.executable, "-c", script])
     deadline = time.monotonic() + 60
     while not checkpoints(config.output_dir) and time.monotonic() < deadline:
@@ -225,11 +219,22 @@ def test_a_run_killed_with_sigkill_keeps_its_checkpoint_and_resumes_to_the_same_
     process.wait()
     survivors = checkpoints(config.output_dir)
     assert survivors, "the run made no checkpoint before it was killed"
-    assert int(survivors[-1].name.split("-")[1]) < straight.steps  # killed mid-way
     for checkpoint in survivors:  # every visible checkpoint is complete
         assert (checkpoint / "model.safetensors").is_file()
+    return int(survivors[-1].name.split("-")[1])
+
+
+def test_a_run_killed_with_sigkill_keeps_its_checkpoint_and_resumes_to_the_same_weights(
+    sft_setup, tmp_path
+):
+    model_dir, data = sft_setup
+    config = dataclasses.replace(sft_config(model_dir, data, tmp_path / "killed"), epochs=8)
+    straight = train_sft(dataclasses.replace(config, output_dir=tmp_path / "straight"))
+    killed_at = killed_mid_run("sft.train_sft", config)
+    assert killed_at < straight.steps  # killed mid-way
     resumed = train_sft(config)
     assert resumed.steps == straight.steps
+    assert resumed.losses == straight.losses[killed_at:]
     assert_identical_weights(straight.checkpoint, resumed.checkpoint)
 
 
@@ -407,28 +412,47 @@ def test_training_with_a_probed_head_starts_from_the_probe(tmp_path):
     assert unprobed.probe_loss is None
 
 
-def test_a_stopped_reward_model_run_resumes_to_the_uninterrupted_weights(tmp_path):
+@pytest.fixture
+def reward_model_setup(tmp_path) -> RewardModelConfig:
+    """A tiny policy and 12 preference pairs: 3 steps of 4 pairs per epoch."""
     tiny_model(seed=7).save_pretrained(tmp_path / "policy")
     TOKENIZER.save_pretrained(tmp_path / "policy")
     texts = [("abc", "cba", "abcd"), ("de", "ed", "e"), ("h", "h", ""), ("fg", "gf", "ff")]
     pairs = [PreferencePair(*t, "better", "helpfulness", False, "x", "y") for t in texts * 3]
     write_preferences(tmp_path / "pairs.jsonl", pairs)
-    config = RewardModelConfig(
+    return RewardModelConfig(
         policy=str(tmp_path / "policy"),
         train=tmp_path / "pairs.jsonl",
-        output_dir=tmp_path / "straight",
+        output_dir=tmp_path / "run",
         epochs=2,
         learning_rate=1e-2,
         batch_size=4,
         save_every_steps=2,
     )
-    straight = train_reward_model(config)
-    interrupted = dataclasses.replace(config, output_dir=tmp_path / "interrupted")
-    train_reward_model(interrupted, stop_after_steps=3)
-    assert checkpoints(interrupted.output_dir)[-1].name == "checkpoint-000003"
-    resumed = train_reward_model(interrupted)
+
+
+def test_a_stopped_reward_model_run_resumes_to_the_uninterrupted_weights(
+    reward_model_setup, tmp_path
+):
+    config = reward_model_setup
+    straight = train_reward_model(dataclasses.replace(config, output_dir=tmp_path / "straight"))
+    train_reward_model(config, stop_after_steps=3)
+    assert checkpoints(config.output_dir)[-1].name == "checkpoint-000003"
+    resumed = train_reward_model(config)
     assert resumed.steps == straight.steps == 6
     assert resumed.losses == straight.losses[3:]  # it ran only the steps after the checkpoint
+    assert_identical_weights(straight.checkpoint, resumed.checkpoint)
+
+
+def test_a_reward_model_run_killed_with_sigkill_resumes_to_the_same_weights(
+    reward_model_setup, tmp_path
+):
+    config = dataclasses.replace(reward_model_setup, epochs=8)
+    straight = train_reward_model(dataclasses.replace(config, output_dir=tmp_path / "straight"))
+    killed_at = killed_mid_run("reward_model.train_reward_model", config)
+    assert killed_at < straight.steps == 24  # killed mid-way
+    resumed = train_reward_model(config)
+    assert resumed.losses == straight.losses[killed_at:]
     assert_identical_weights(straight.checkpoint, resumed.checkpoint)
 
 
