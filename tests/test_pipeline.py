@@ -20,6 +20,7 @@ from textrl.jsonl import DataFormatError
 from textrl.models import tiny_llama
 from textrl.pipeline import load_pipeline_config, run_pipeline, stages
 from textrl.pipeline.runner import LEDGER_FILE
+from textrl.sft import SFTResult
 from textrl.tokenization import build_char_tokenizer
 from textrl.world.splits import split_tasks
 
@@ -285,6 +286,19 @@ def test_the_pipeline_command_refuses_to_run_on_several_ranks(tmp_path, monkeypa
     assert cli.main(["pipeline", "--out", str(tmp_path / "run")]) == 2
     assert "under torchrun, run its stage commands" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_bf16_and_gradient_checkpointing_reach_the_training_stages(tmp_path, monkeypatch):
+    path = tmp_path / "half.toml"
+    path.write_text(
+        "[sft]\nbf16 = true\ngradient_checkpointing = true\n[reward_model]\nbf16 = true\n"
+    )
+    trained = []
+    monkeypatch.setattr(stages, "train_sft", lambda c: trained.append(c) or SFTResult(tmp_path, 0))
+    stages.sft_stage(load_pipeline_config(path), "base", tmp_path / "demos.jsonl", tmp_path)
+    assert trained[0].bf16 and trained[0].gradient_checkpointing
+    for config, half in [(load_pipeline_config(path), True), (load_pipeline_config(None), False)]:
+        assert stages.reward_model_config(config, "safety", "sft", path, tmp_path).bf16 == half
 
 
 def test_the_shipped_configs_load():

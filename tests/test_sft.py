@@ -456,6 +456,20 @@ def test_a_reward_model_run_killed_with_sigkill_resumes_to_the_same_weights(
     assert_identical_weights(straight.checkpoint, resumed.checkpoint)
 
 
+def test_bf16_scores_train_the_reward_model_to_nearly_the_float32_losses(
+    reward_model_setup, tmp_path
+):
+    full = train_reward_model(dataclasses.replace(reward_model_setup, output_dir=tmp_path / "32"))
+    half = train_reward_model(
+        dataclasses.replace(reward_model_setup, output_dir=tmp_path / "16", bf16=True)
+    )
+    assert half.losses != full.losses  # the scores were computed in bfloat16
+    assert half.losses[0] == pytest.approx(full.losses[0], rel=0.01)  # the same weights
+    assert half.losses[-1] < half.losses[0]  # and it learns as float32 does
+    weights = load_file(half.checkpoint / "model.safetensors")
+    assert all(tensor.dtype == torch.float32 for tensor in weights.values())
+
+
 def test_the_other_categorys_share_of_training_pairs_is_drawn_as_asked(tmp_path):
     def pair(category: str, index: int) -> PreferencePair:
         return PreferencePair(f"p{index}", "a", "b", "better", category, False, "x", "y")

@@ -183,6 +183,7 @@ def _reward_model(args: argparse.Namespace) -> None:
         seed=args.seed,
         device=args.device,
         fsdp=args.fsdp,
+        bf16=args.bf16,
     )
     result = train_reward_model(config)
     model, tokenizer = load_reward_model(result.checkpoint, args.device)
@@ -414,6 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
     reward.add_argument("--seed", type=int, default=0)
     reward.add_argument("--device", default="cpu")
     reward.add_argument("--fsdp", action="store_true", help=FSDP_HELP)
+    reward.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the scores")
     reward.set_defaults(run=_reward_model)
     ppo = commands.add_parser("ppo", help="RLHF: PPO from an SFT checkpoint and reward models")
     ppo.add_argument("--policy", required=True, help="SFT checkpoint (initial policy, reference)")

@@ -85,6 +85,9 @@ class RewardModelConfig:
     """Fit the scalar head to the frozen backbone first (``probe_head``), then fine-tune all
     weights from there: linear probing then fine-tuning (Kumar et al. 2022), instead of
     fine-tuning from a random head."""
+    bf16: bool = False
+    """bfloat16 autocast for the scores (use where the device supports it, e.g. recent GPUs);
+    the ranking loss and the weights stay in float32."""
     seed: int = 0
     device: str = "cpu"
     fsdp: bool = False
@@ -510,7 +513,9 @@ def train_reward_model(
         part = distributed.shard(rows, len(rows))
         batch = [pairs[i] for i in part.rows]
         rows = [chosen_tokens[i] for i in part.rows] + [rejected_tokens[i] for i in part.rows]
-        rewards = score_encoded(trained, *pad_right(rows, tokenizer.pad_token_id))
+        with torch.autocast(context.device.type, dtype=torch.bfloat16, enabled=config.bf16):
+            rewards = score_encoded(trained, *pad_right(rows, tokenizer.pad_token_id))
+        rewards = rewards.float()
         chosen, rejected = rewards[: len(batch)], rewards[len(batch) :]
         pair_loss = margin_ranking_loss(
             chosen,

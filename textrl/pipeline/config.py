@@ -51,6 +51,11 @@ class SFTSection:
     learning_rate: float = 2e-3
     batch_size: int = 8
     sequence_length: int = 256
+    bf16: bool = False
+    """bfloat16 autocast in SFT and pretraining (for devices that support it, e.g. recent
+    GPUs; ``textrl.sft.SFTConfig.bf16``)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory for longer sequences."""
     cautious_writers: int = CAUTIOUS_WRITERS
     """Of the ten writers who demonstrate each borderline prompt, those who refuse it: the
     false refusals preferences must teach away (``textrl.world.demonstrations``)."""
@@ -93,6 +98,8 @@ class RewardModelSection:
     (``textrl.reward_model.probe_head``). Off: on the tiny model it moved test accuracy by
     -1 to +2.5 points, within the seeds' spread (docs/experiments.md, "Reward models against the
     Bayes ceiling")."""
+    bf16: bool = False
+    """bfloat16 autocast for the reward models' scores while they train."""
     safety_center_coefficient: float = 0.01
     """Reward-centering weight of the safety model. With the helpfulness pairs it pins
     ordinary answers near 0 (sigmoid 0.5), so the combined reward's 0.15 gate fires on unsafe

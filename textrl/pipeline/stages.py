@@ -138,6 +138,8 @@ def _train_language_model(
             batch_size=config.sft.batch_size,
             sequence_length=config.sft.sequence_length,
             save_every_steps=10**9,  # the stage is the unit of resumption
+            gradient_checkpointing=config.sft.gradient_checkpointing,
+            bf16=config.sft.bf16,
             seed=config.seed,
             device=config.device,
         )
@@ -281,6 +283,7 @@ def reward_model_config(
             settings.safety_center_coefficient if safety else settings.center_coefficient
         ),
         probe_head=settings.probe_head,
+        bf16=settings.bf16,
         learning_rate=settings.learning_rate,
         batch_size=settings.batch_size,
         seed=config.seed,
