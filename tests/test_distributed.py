@@ -35,6 +35,7 @@ from agents.rejection_sampling import RejectionSampling, concatenate_rows
 from agents.segments import segments_from_buffer
 from agents.text_collector import TextCollector
 from envs.text_generation import TextGenerationVectorEnv
+from tests.test_pipeline import TOY_CONFIG
 from tests.test_rlhf_ppo import a_count_reward, tiny_config
 from tests.text_fixtures import (
     PROMPTS,
@@ -49,10 +50,11 @@ from textrl.generation import generate_responses
 from textrl.kl import AdaptiveKLController
 from textrl.masked import masked_whiten
 from textrl.models import load_causal_lm, tiny_llama
+from textrl.pipeline.runner import LEDGER_FILE
 from textrl.reward_model import RewardModelConfig, load_reward_model, train_reward_model
 from textrl.rlhf_ppo import train_rlhf_ppo
 from textrl.sampling import SamplingConfig
-from textrl.sft import SFTConfig, checkpoints, train_sft
+from textrl.sft import STATE_FILE, SFTConfig, checkpoints, train_sft
 from textrl.tokenization import build_char_tokenizer
 from textrl.world.preferences import PreferencePair, write_preferences
 
@@ -755,3 +757,26 @@ def test_cartpole_with_one_ray_actor_per_env_copy_trains_exactly_as_in_process(t
     finally:
         ray.shutdown()  # the local Ray instance the env started
     assert results["ray"] == results["sync"]
+
+
+def test_textrl_pipeline_runs_every_stage_on_two_ranks(tmp_path):
+    """Under torchrun the training stages split their work over the ranks and the others run
+    on rank 0; both ranks end with rank 0's summary and rank 0 writes one ledger."""
+    config = tmp_path / "toy.toml"
+    config.write_text(TOY_CONFIG.format(out=tmp_path / "run", device="cpu"))
+    (code, printed, joined), (other_code, other_printed, other_joined) = launch(
+        RunCommand(["pipeline", "--config", str(config)]), tmp_path / "results"
+    )
+    assert code == other_code == 0 and other_printed == ""  # rank 0 alone reports
+    assert not joined and not other_joined
+    summary = json.loads(printed.splitlines()[-1])
+    assert [v["name"] for v in summary["versions"]] == ["SFT", "RLHF-V1", "RLHF-V2"]
+    ledger = json.loads((tmp_path / "run" / LEDGER_FILE).read_text())
+    assert "report" in ledger and "RLHF-V2 ppo" in ledger and "RLHF-V2 safety DPO" in ledger
+    trained = [ledger["pretraining"]["result"]["checkpoint"], ledger["sft"]["result"]["checkpoint"]]
+    for index in (1, 2):
+        models = ledger[f"RLHF-V{index} reward models"]["result"]
+        trained += [models["helpfulness"]["checkpoint"], models["safety"]["checkpoint"]]
+    for checkpoint in trained:  # each trained on both ranks: one random stream per rank
+        state = torch.load(Path(checkpoint) / STATE_FILE, weights_only=False)
+        assert len(state["torch_rng_by_rank"]) == WORLD_SIZE, checkpoint

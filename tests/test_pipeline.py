@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from textrl import cli
 from textrl.jsonl import DataFormatError
 from textrl.models import tiny_llama
 from textrl.pipeline import load_pipeline_config, run_pipeline, stages
@@ -278,14 +277,6 @@ def test_rejection_sampling_epochs_are_one_number_or_one_per_round(tmp_path):
     path.write_text("[rejection_sampling]\nepochs = [4, 2]\n")
     settings = load_pipeline_config(path).rejection_sampling
     assert [settings.epochs_in_round(i) for i in (1, 2, 3, 4)] == [4, 2, 2, 2]  # the last repeats
-
-
-def test_the_pipeline_command_refuses_to_run_on_several_ranks(tmp_path, monkeypatch, capsys):
-    """Under torchrun every rank would run the whole pipeline into one directory."""
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    assert cli.main(["pipeline", "--out", str(tmp_path / "run")]) == 2
-    assert "under torchrun, run its stage commands" in capsys.readouterr().err
-    assert not (tmp_path / "run").exists()
 
 
 def test_bf16_and_gradient_checkpointing_reach_the_training_stages(tmp_path, monkeypatch):

@@ -280,12 +280,6 @@ def _rejection_sampling(args: argparse.Namespace) -> None:
 
 
 def _pipeline(args: argparse.Namespace) -> None:
-    if distributed.launched_world_size() > 1:
-        # every rank would run the whole pipeline into the same directory and ledger
-        raise ValueError(
-            "the pipeline runs in one process; under torchrun, run its stage commands "
-            "(textrl sft, rm, ppo, rs), which split their work over the ranks"
-        )
     config = load_pipeline_config(args.config)
     if args.out is not None:
         config = dataclasses.replace(config, output_dir=args.out)

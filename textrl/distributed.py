@@ -65,19 +65,13 @@ class Distributed:
         return self.world_size > 1
 
 
-def launched_world_size() -> int:
-    """How many processes the launcher (torchrun, Accelerate) started: ``WORLD_SIZE``, 1
-    without one; known before any process group is joined."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
 def setup(device: str = "cpu") -> Distributed:
     """Join the job that launched this process (idempotent), or describe a single process.
 
     On CUDA each process drives ``cuda:LOCAL_RANK`` (one GPU per worker); ``device``
     only picks the kind, so the same config runs on 1 or N GPUs.
     """
-    world_size = launched_world_size()
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     kind = torch.device(device).type
     if world_size == 1:
@@ -160,6 +154,15 @@ def all_gather_object(value: T) -> list[T]:
     gathered: list[T] = [value] * world_size()
     dist.all_gather_object(gathered, value)
     return gathered
+
+
+def from_main_process(value: T) -> T:
+    """Rank 0's ``value`` on every rank (picklable; every rank calls it), ``value`` alone."""
+    if not dist.is_initialized():
+        return value
+    carrier = [value]
+    dist.broadcast_object_list(carrier, src=0)
+    return carrier[0]
 
 
 def barrier() -> None:

@@ -5,6 +5,12 @@ stage's name to its result and wall time. A stage found there is skipped; a
 stage interrupted half-way is run again from a clean directory (SFT and PPO
 resume from their own checkpoints instead, so a kill costs at most their last
 ``save_every``).
+
+Under torchrun every rank runs this code. The training stages (pretraining, SFT, reward
+models, rejection sampling, PPO) split their work over the ranks as their own commands do;
+the others (the world, sampling preference pairs, safety DPO, evaluations, the report) run on
+rank 0 while the rest wait. Rank 0 writes the ledger and every rank goes on with rank 0's
+result of each stage.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from textrl import distributed
 from textrl.checkpoint import write_atomically
 from textrl.pipeline import stages
 from textrl.pipeline.config import PipelineConfig
@@ -29,7 +36,7 @@ RESUMABLE_STAGES = ("sft", "ppo")
 
 
 class StageLedger:
-    """Finished stages with their results and seconds, persisted atomically."""
+    """Finished stages with their results and seconds, persisted atomically (by rank 0)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -37,19 +44,31 @@ class StageLedger:
             json.loads(path.read_text()) if path.exists() else {}
         )
 
-    def run(self, name: str, directory: Path, stage: Callable[[Path], dict[str, Any]]) -> Any:
+    def run(
+        self,
+        name: str,
+        directory: Path,
+        stage: Callable[[Path], dict[str, Any]],
+        every_rank: bool = False,
+    ) -> Any:
+        """``stage(directory)`` unless done earlier: on every rank if ``every_rank`` (a stage
+        that splits its work over ranks), else on rank 0 alone."""
         if name in self.finished:
             logger.info("stage %s: done earlier, skipped", name)
             return self.finished[name]["result"]
-        if directory.exists() and not name.endswith(RESUMABLE_STAGES):
-            shutil.rmtree(directory)  # the leftovers of an interrupted run of this stage
-        directory.mkdir(parents=True, exist_ok=True)
-        print(f"== stage {name}", flush=True)
+        main = distributed.is_main_process()
+        if main:
+            if directory.exists() and not name.endswith(RESUMABLE_STAGES):
+                shutil.rmtree(directory)  # the leftovers of an interrupted run of this stage
+            directory.mkdir(parents=True, exist_ok=True)
+            print(f"== stage {name}", flush=True)
+        distributed.barrier()  # no rank writes into the directory before it is clean
         start = time.perf_counter()
-        result = stage(directory)
+        result = distributed.from_main_process(stage(directory) if every_rank or main else None)
         self.finished[name] = {"result": result, "seconds": time.perf_counter() - start}
-        text = json.dumps(self.finished, indent=1)
-        write_atomically(self.path, lambda handle: handle.write(text.encode()))
+        if main:
+            text = json.dumps(self.finished, indent=1)
+            write_atomically(self.path, lambda handle: handle.write(text.encode()))
         return result
 
     def seconds(self) -> dict[str, float]:
@@ -82,6 +101,7 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
     rejection sampling (and PPO and safety DPO in the last round), each version evaluated by
     the gold judges; then the report.
     Returns the summary printed as the command's last line."""
+    distributed.setup(config.device)  # joins the group when launched by torchrun
     out = config.output_dir
     out.mkdir(parents=True, exist_ok=True)
     ledger = StageLedger(out / LEDGER_FILE)
@@ -92,6 +112,7 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
             "pretraining",
             out / "pretraining",
             lambda d: stages.pretraining_stage(config, base["checkpoint"], d),
+            every_rank=True,
         )
     sft = ledger.run(
         "sft",
@@ -99,6 +120,7 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
         lambda d: stages.sft_stage(
             config, base["checkpoint"], out / "world" / "sft.demonstrations.jsonl", d
         ),
+        every_rank=True,
     )
     versions = {
         "SFT": ledger.run(
@@ -130,6 +152,7 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
             lambda d, p=preferences: stages.reward_models_stage(
                 config, sft["checkpoint"], Path(p["train"]), Path(p["test"]), d
             ),
+            every_rank=True,
         )
         rejection = None
         checkpoint = latest
@@ -140,6 +163,7 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
                 _rewarded_stage(
                     stages.rejection_sampling_stage, config, index, latest, reward_models, kept
                 ),
+                every_rank=True,
             )
             kept = Path(rejection["kept"])
             checkpoint = rejection["checkpoint"]
@@ -152,6 +176,7 @@ def run_pipeline(config: PipelineConfig) -> dict[str, Any]:
                 lambda d, index=index, policy=checkpoint, rms=reward_models: stages.ppo_stage(
                     config, index, policy, rms, d
                 ),
+                every_rank=True,
             )
             checkpoint = ppo["checkpoint"]
         safety_dpo = None
