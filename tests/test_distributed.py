@@ -759,13 +759,14 @@ def test_cartpole_with_one_ray_actor_per_env_copy_trains_exactly_as_in_process(t
     assert results["ray"] == results["sync"]
 
 
-def test_textrl_pipeline_runs_every_stage_on_two_ranks(tmp_path):
+@pytest.mark.parametrize("options", [[], ["--fsdp"]], ids=["ddp", "fsdp"])
+def test_textrl_pipeline_runs_every_stage_on_two_ranks(options, tmp_path):
     """Under torchrun the training stages split their work over the ranks and the others run
     on rank 0; both ranks end with rank 0's summary and rank 0 writes one ledger."""
     config = tmp_path / "toy.toml"
     config.write_text(TOY_CONFIG.format(out=tmp_path / "run", device="cpu"))
     (code, printed, joined), (other_code, other_printed, other_joined) = launch(
-        RunCommand(["pipeline", "--config", str(config)]), tmp_path / "results"
+        RunCommand(["pipeline", "--config", str(config), *options]), tmp_path / "results"
     )
     assert code == other_code == 0 and other_printed == ""  # rank 0 alone reports
     assert not joined and not other_joined
@@ -780,3 +781,4 @@ def test_textrl_pipeline_runs_every_stage_on_two_ranks(tmp_path):
     for checkpoint in trained:  # each trained on both ranks: one random stream per rank
         state = torch.load(Path(checkpoint) / STATE_FILE, weights_only=False)
         assert len(state["torch_rng_by_rank"]) == WORLD_SIZE, checkpoint
+        assert state["config"]["fsdp"] == bool(options), checkpoint

@@ -266,6 +266,8 @@ def _rejection_sampling(args: argparse.Namespace) -> None:
     config = load_pipeline_config(args.config)
     if args.device is not None:
         config = dataclasses.replace(config, device=args.device)
+    if args.fsdp:
+        config = dataclasses.replace(config, fsdp=True)
     distributed.setup(config.device)
     reward_models = {
         "helpfulness": {"checkpoint": args.helpfulness_rm},
@@ -274,7 +276,7 @@ def _rejection_sampling(args: argparse.Namespace) -> None:
     reward = stages.combined_reward(config, reward_models, args.policy)
     args.out.mkdir(parents=True, exist_ok=True)
     result = stages.rejection_sampling_stage(
-        config, args.round, args.policy, reward, args.kept, args.out, fsdp=args.fsdp
+        config, args.round, args.policy, reward, args.kept, args.out
     )
     print(json.dumps(result))
 
@@ -285,6 +287,8 @@ def _pipeline(args: argparse.Namespace) -> None:
         config = dataclasses.replace(config, output_dir=args.out)
     if args.seed is not None:
         config = dataclasses.replace(config, seed=args.seed)
+    if args.fsdp:
+        config = dataclasses.replace(config, fsdp=True)
     summary = run_pipeline(config)
     print(f"report: {summary['report']}")
     print(json.dumps(summary))
@@ -462,6 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pipeline.add_argument("--out", type=Path, help="overrides the config's output_dir")
     pipeline.add_argument("--seed", type=int, help="overrides the config's seed")
+    pipeline.add_argument("--fsdp", action="store_true", help=FSDP_HELP)
     pipeline.set_defaults(run=_pipeline)
     return parser
 

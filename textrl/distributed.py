@@ -299,7 +299,15 @@ def full_optimizer_state(
     model: torch.nn.Module, optimizer: torch.optim.Optimizer
 ) -> dict[str, Any]:
     """``optimizer``'s whole state keyed by parameter name, on CPU on rank 0 (every rank
-    calls it); loads into any number of ranks, sharded or not (``load_optimizer_state``)."""
+    calls it); loads into any number of ranks, sharded or not (``load_optimizer_state``).
+
+    A sharded model is resharded first: forward passes without a backward (decoding, an
+    evaluation before the save) leave FSDP2's root unit gathered, its modules then holding
+    other parameter objects than the sharded ones the optimizer steps, which
+    ``get_optimizer_state_dict`` cannot name."""
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
     return get_optimizer_state_dict(unwrap(model), optimizer, options=_FULL_ON_CPU)
 
 

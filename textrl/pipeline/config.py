@@ -210,6 +210,9 @@ class PipelineConfig:
     last."""
     seed: int = 0
     device: str = "cpu"
+    fsdp: bool = False
+    """Under torchrun, shard the training stages' models over the ranks (FSDP2, one unit per
+    decoder layer) instead of copying them (DDP): for models that do not fit one device."""
     model: ModelSection = field(default_factory=ModelSection)
     pretraining: PretrainingSection = field(default_factory=PretrainingSection)
     sft: SFTSection = field(default_factory=SFTSection)

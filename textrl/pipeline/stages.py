@@ -138,6 +138,7 @@ def _train_language_model(
             batch_size=config.sft.batch_size,
             sequence_length=config.sft.sequence_length,
             save_every_steps=10**9,  # the stage is the unit of resumption
+            fsdp=config.fsdp,
             gradient_checkpointing=config.sft.gradient_checkpointing,
             bf16=config.sft.bf16,
             seed=config.seed,
@@ -284,6 +285,7 @@ def reward_model_config(
         ),
         probe_head=settings.probe_head,
         bf16=settings.bf16,
+        fsdp=config.fsdp,
         learning_rate=settings.learning_rate,
         batch_size=settings.batch_size,
         seed=config.seed,
@@ -405,7 +407,6 @@ def rejection_sampling_stage(
     reward: CombinedReward,
     earlier_kept: Path | None,
     directory: Path,
-    fsdp: bool = False,
 ) -> dict[str, object]:
     """Best of K samples per prompt by the combined reward, kept across rounds, then
     fine-tuning the latest model on the kept responses (prompt-masked likelihood).
@@ -413,7 +414,7 @@ def rejection_sampling_stage(
     Under torchrun each rank samples ``prompts_per_round / world_size`` prompts from its own
     shard of the prompts (so a prompt's kept episode lives on one rank in every round), the
     algorithm reduces its tallies and gradients over ranks, and rank 0 writes the union of
-    the kept sets and the checkpoint. With ``fsdp`` the policy is sharded per decoder layer
+    the kept sets and the checkpoint. With ``config.fsdp`` the policy is sharded per decoder layer
     (``distributed.shard_per_layer``) and every rank decodes in lockstep.
     """
     settings = config.rejection_sampling
@@ -423,7 +424,7 @@ def rejection_sampling_stage(
     torch.manual_seed(seed)
     model, tokenizer = load_causal_lm(policy_checkpoint, device=config.device)
     disable_dropout(model)
-    sharded = fsdp and context.enabled
+    sharded = config.fsdp and context.enabled
     if sharded:  # in place, before the algorithm builds its optimizer over the parameters
         distributed.shard_per_layer(model)
     prompts = [t.prompt for t in split_tasks("rlhf", config.seed)][
@@ -567,6 +568,7 @@ def ppo_stage(
         save_every=max(1, settings.iterations // 3),
         seed=config.seed * 1000 + round_index,
         device=config.device,
+        fsdp=config.fsdp,
     )
     result = train_rlhf_ppo(rlhf)
     final = result.history[-1]
