@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
 import functools
 import io
 import json
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
 from tianshou.algorithm.algorithm_base import policy_within_training_step
@@ -757,6 +759,31 @@ def test_cartpole_with_one_ray_actor_per_env_copy_trains_exactly_as_in_process(t
     finally:
         ray.shutdown()  # the local Ray instance the env started
     assert results["ray"] == results["sync"]
+
+
+SHORT_GROUP_TIMEOUT = datetime.timedelta(seconds=2)
+
+
+def rank0_works_past_the_group_timeout() -> list[str | None]:
+    """Rank 0 works alone for longer than the default group's timeout before
+    ``from_main_process`` and before ``barrier``, as in a long rank-0 pipeline stage."""
+    dist.init_process_group("gloo", init_method="env://", timeout=SHORT_GROUP_TIMEOUT)
+    distributed.setup("cpu")
+    main = distributed.is_main_process()
+    rank0_work = 2.5 * SHORT_GROUP_TIMEOUT.total_seconds()
+    time.sleep(rank0_work if main else 0.0)
+    received = [distributed.from_main_process("rank 0's result" if main else None)]
+    time.sleep(rank0_work if main else 0.0)
+    distributed.barrier()
+    received.append(distributed.from_main_process("after the barrier" if main else None))
+    return received
+
+
+def test_other_ranks_wait_for_rank_0_longer_than_the_default_group_timeout(tmp_path):
+    """A rank-0 stage may outlast NCCL's 10-minute default: the waiting rank must not fail.
+    (Over the default group, here of 2 s, the waiting rank raises a timeout.)"""
+    expected = ["rank 0's result", "after the barrier"]
+    assert launch(rank0_works_past_the_group_timeout, tmp_path) == [expected, expected]
 
 
 @pytest.mark.parametrize("options", [[], ["--fsdp"]], ids=["ddp", "fsdp"])

@@ -19,6 +19,8 @@ Both average gradients over ranks, so the loss weighting of ``shard`` serves bot
 from __future__ import annotations
 
 import contextlib
+import datetime
+import functools
 import gc
 import logging
 import math
@@ -45,6 +47,13 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 SEED_STRIDE = 1_000_003
 """Distance between the torch seeds of consecutive ranks (a prime, far from seed + epoch)."""
+MAIN_PROCESS_WAIT = datetime.timedelta(hours=24)
+"""How long the other ranks wait for work rank 0 does alone (``from_main_process``,
+``barrier``). The default group's timeout (NCCL's 10 minutes, gloo's 30) suits collectives
+every rank is busy in, but a pipeline stage that runs on rank 0 alone (sampling preference
+pairs, safety DPO, the report) or a large checkpoint write can take longer at scale, so
+these waits go over a gloo group of their own with this timeout. A crashed rank 0 does not
+leave the others waiting for it: torchrun stops every worker when one fails."""
 
 
 @dataclass(frozen=True)
@@ -83,6 +92,7 @@ def setup(device: str = "cpu") -> Distributed:
         backend = "nccl" if kind == "cuda" else "gloo"
         dist.init_process_group(backend=backend, init_method="env://")
         logger.info("rank %d of %d joined (%s)", dist.get_rank(), world_size, backend)
+    _waiting_group()  # created here, while every rank is present, not at a first wait
     return Distributed(
         rank=dist.get_rank(), world_size=world_size, local_rank=local_rank, device=target
     )
@@ -100,7 +110,15 @@ def shutdown() -> None:
     of 39 runs, destroying it and collecting in 0 of 46."""
     if dist.is_initialized():
         dist.destroy_process_group()
+        _waiting_group.cache_clear()
         gc.collect()
+
+
+@functools.cache
+def _waiting_group() -> dist.ProcessGroup:
+    """Every rank, over gloo with the ``MAIN_PROCESS_WAIT`` timeout (one per process group;
+    creating it is itself a collective)."""
+    return dist.new_group(backend="gloo", timeout=MAIN_PROCESS_WAIT)
 
 
 def rank() -> int:
@@ -157,18 +175,20 @@ def all_gather_object(value: T) -> list[T]:
 
 
 def from_main_process(value: T) -> T:
-    """Rank 0's ``value`` on every rank (picklable; every rank calls it), ``value`` alone."""
+    """Rank 0's ``value`` on every rank (picklable; every rank calls it), ``value`` alone.
+    The others wait for it up to ``MAIN_PROCESS_WAIT``, however long rank 0 works."""
     if not dist.is_initialized():
         return value
     carrier = [value]
-    dist.broadcast_object_list(carrier, src=0)
+    dist.broadcast_object_list(carrier, src=0, group=_waiting_group())
     return carrier[0]
 
 
 def barrier() -> None:
-    """Wait for every rank (e.g. until rank 0 has written a checkpoint the others read)."""
+    """Wait for every rank (e.g. until rank 0 has written a checkpoint the others read),
+    up to ``MAIN_PROCESS_WAIT``."""
     if dist.is_initialized():
-        dist.barrier()
+        dist.barrier(group=_waiting_group())
 
 
 @dataclass(frozen=True)
