@@ -4,6 +4,7 @@
     python examples/reward_model_scaling.py --config my_run.toml     # the config the run used
     python examples/reward_model_scaling.py --extra-pairs 0 --epochs 2 --learning-rates 1e-5 3e-5
     python examples/reward_model_scaling.py --extra-pairs 0 --epochs 1 --probe-head
+    python examples/reward_model_scaling.py --extra-pairs 0 --epochs 1 2 --show-answer
 
 Reads a finished pipeline run (the config's ``output_dir``). For round R it draws up to
 ``max(--extra-pairs)`` fresh helpfulness pairs the way the pipeline drew that round's
@@ -21,7 +22,14 @@ helpfulness model (the same pairs, order and seed):
 - expected accuracy (``textrl.world.annotator.expected_accuracy``): the same in expectation
   over the annotator's noise, which compares models with less noise;
 - the Bayes ceiling that the noise allows (issue 5's target: within 3 points of it);
+- the expected accuracy of a judge that knows every right answer but not how near a wrong
+  one is (``judge(graded=False)``), which shows how much of the ceiling lies in grading
+  near misses;
 - expected accuracy per task family beside the family's ceiling.
+
+``--show-answer`` is a diagnostic, not a reward model to use: every helpfulness prompt, in
+training and test, ends with the gold answer (" Answer: 12"), so the model need not know the
+answer, only compare the response with it.
 
 Writes ``reward_model_scaling/roundR/report.md`` (tables and ``scaling.png``), each reward
 model's TensorBoard log under its directory, and prints one JSON object as its last line.
@@ -57,10 +65,13 @@ from textrl.world.preferences import (
     write_preferences,
 )
 from textrl.world.splits import split_tasks
+from textrl.world.tasks import all_tasks, demonstration
 
 EXTRA_SEED_OFFSET = 7
 """Added to the round's ``preference_seed``: the pipeline uses
 offsets 0-2 (train) and 5-6 (test), so 7 draws pairs it never drew."""
+ANSWER_SHOWN = " Answer: {}"
+"""What ``--show-answer`` appends to a helpfulness prompt."""
 FAMILY_MINIMUM = 50
 """Families with fewer test pairs are left out of the per-family table (too noisy to read)."""
 
@@ -71,6 +82,7 @@ class ScalingRow:
     epochs: int
     learning_rate: float
     probe_head: bool
+    answer_shown: bool
     accuracy: float
     expected_accuracy: float
     family_expected_accuracy: dict[str, float]
@@ -102,16 +114,29 @@ def rank_test_pairs(checkpoint: Path, pairs: Sequence[PreferencePair], device: s
     return (chosen - rejected).cpu().numpy()
 
 
-def scaling_figure(rows: Sequence[ScalingRow], ceiling: float) -> plt.Figure:
+def with_answer_shown(pairs: Sequence[PreferencePair]) -> list[PreferencePair]:
+    """Each helpfulness pair with its prompt's gold answer appended (``--show-answer``)."""
+    answers = {task.prompt: demonstration(task) for task in all_tasks()}
+    return [
+        dataclasses.replace(p, prompt=p.prompt + ANSWER_SHOWN.format(answers[p.prompt]))
+        if p.category == "helpfulness"
+        else p
+        for p in pairs
+    ]
+
+
+def scaling_figure(rows: Sequence[ScalingRow], ceiling: float, right_or_wrong: float) -> plt.Figure:
     figure, axis = plt.subplots(figsize=(6, 3.8))
     for epochs, rate in sorted({(row.epochs, row.learning_rate) for row in rows}):
         mine = [row for row in rows if (row.epochs, row.learning_rate) == (epochs, rate)]
         pairs = [row.train_pairs for row in mine]
         label = f"{epochs} epoch(s), lr {rate:g}" + (", probe head" if mine[0].probe_head else "")
+        label += ", answer shown" if mine[0].answer_shown else ""
         axis.plot(pairs, [r.expected_accuracy for r in mine], "o-", label=label)
         axis.plot(pairs, [r.accuracy for r in mine], "x", color=axis.lines[-1].get_color())
     axis.axhline(ceiling, color="black", linestyle="--", label="Bayes ceiling")
     axis.axhline(ceiling - 0.03, color="gray", linestyle=":", label="ceiling - 3 points")
+    axis.axhline(right_or_wrong, color="tab:red", linestyle="-.", label="right-or-wrong judge")
     axis.set_xscale("log")
     axis.set_xlabel("helpfulness train pairs")
     axis.set_ylabel("test accuracy (line: expected, x: measured)")
@@ -132,6 +157,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
     )
     parser.add_argument(
         "--probe-head", action=argparse.BooleanOptionalAction, help="default: the config's"
+    )
+    parser.add_argument(
+        "--show-answer", action="store_true", help="diagnostic: prompts end with the gold answer"
     )
     args = parser.parse_args(argv)
     config = load_pipeline_config(args.config)
@@ -167,27 +195,35 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
     shown = [f for f in sorted(set(families)) if (families == f).sum() >= FAMILY_MINIMUM]
     ceiling = bayes_accuracy(gaps, noise)
     family_ceilings = {f: bayes_accuracy(gaps[families == f], noise) for f in shown}
+    ungraded = gold_gaps(test, test_tasks, graded=False)
+    right_or_wrong = expected_accuracy(gaps, ungraded, noise)
+    family_right_or_wrong = {
+        f: expected_accuracy(gaps[families == f], ungraded[families == f], noise) for f in shown
+    }
+    answer = "_answer" * args.show_answer
+    shown_pairs = with_answer_shown if args.show_answer else list
 
     rows = []
     for draws in sorted(set(args.extra_pairs)):
         # the draws that kept both responses distinct, as the pipeline keeps them
         kept = round(len(extra) * draws / max(max(args.extra_pairs), 1))
-        train = out / f"train_{draws}.jsonl"
-        write_preferences(train, own + extra[:kept])
+        train = out / f"train_{draws}{answer}.jsonl"
+        write_preferences(train, shown_pairs(own + extra[:kept]))
         for epochs, rate in itertools.product(args.epochs, learning_rates):
             start = time.perf_counter()
-            output_dir = out / f"extra{draws}_epochs{epochs}_lr{rate:g}{'_probe' * probe}"
+            output_dir = out / f"extra{draws}_epochs{epochs}_lr{rate:g}{'_probe' * probe}{answer}"
             settings = reward_model_config(config, "helpfulness", sft, train, output_dir, epochs)
             trained = train_reward_model(
                 dataclasses.replace(settings, learning_rate=rate, probe_head=probe)
             )
-            score_gaps = rank_test_pairs(trained.checkpoint, test, config.device)
+            score_gaps = rank_test_pairs(trained.checkpoint, shown_pairs(test), config.device)
             rows.append(
                 ScalingRow(
                     train_pairs=sum(p.category == "helpfulness" for p in own + extra[:kept]),
                     epochs=epochs,
                     learning_rate=rate,
                     probe_head=probe,
+                    answer_shown=args.show_answer,
                     accuracy=float(np.mean(np.where(score_gaps == 0, 0.5, score_gaps > 0))),
                     expected_accuracy=expected_accuracy(gaps, score_gaps, noise),
                     family_expected_accuracy={
@@ -203,6 +239,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
             "epochs",
             "learning rate",
             "probe head",
+            "answer shown",
             "accuracy",
             "expected",
             "ceiling",
@@ -215,6 +252,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
                 r.epochs,
                 f"{r.learning_rate:g}",
                 "yes" if r.probe_head else "no",
+                "yes" if r.answer_shown else "no",
                 r.accuracy,
                 r.expected_accuracy,
                 ceiling,
@@ -231,6 +269,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
             + [r.family_expected_accuracy[f] for f in shown]
             for r in rows
         ]
+        + [["right-or-wrong judge", "", "", *(family_right_or_wrong[f] for f in shown)]]
         + [["ceiling", "", "", *(family_ceilings[f] for f in shown)]],
     )
     report = write_report(
@@ -240,21 +279,26 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
             f"{len(test)} helpfulness test pairs of round {round_index}; the round's own "
             f"train pairs plus fresh ones from {', '.join(name for name, _ in models)}; "
             f"batch "
-            f"{config.reward_model.batch_size}.\n\n" + overall,
+            f"{config.reward_model.batch_size}. A judge that knows every right answer but not "
+            f"how near a wrong one is ranks these pairs at {right_or_wrong:.3f} (expected), "
+            f"against the Bayes ceiling of {ceiling:.3f}.\n\n" + overall,
             "## Expected accuracy per task family\n\n" + by_family,
         ],
-        {"scaling": scaling_figure(rows, ceiling)},
+        {"scaling": scaling_figure(rows, ceiling, right_or_wrong)},
     )
     summary = {
         "round": round_index,
         "ceiling": round(ceiling, 4),
         "family_ceilings": {f: round(family_ceilings[f], 4) for f in shown},
+        "right_or_wrong_accuracy": round(right_or_wrong, 4),
+        "family_right_or_wrong_accuracy": {f: round(family_right_or_wrong[f], 4) for f in shown},
         "rows": [
             {
                 "train_pairs": r.train_pairs,
                 "epochs": r.epochs,
                 "learning_rate": r.learning_rate,
                 "probe_head": r.probe_head,
+                "answer_shown": r.answer_shown,
                 "accuracy": round(r.accuracy, 4),
                 "expected_accuracy": round(r.expected_accuracy, 4),
                 "family_expected_accuracy": {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import runpy
 import signal
 import subprocess
@@ -21,6 +22,7 @@ from textrl.pipeline import load_pipeline_config, run_pipeline, stages
 from textrl.pipeline.runner import LEDGER_FILE
 from textrl.sft import SFTResult
 from textrl.tokenization import build_char_tokenizer
+from textrl.world.preferences import read_preferences
 from textrl.world.splits import split_tasks
 
 SCALING_EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "reward_model_scaling.py"
@@ -169,19 +171,25 @@ def test_the_pipeline_runs_every_stage_and_writes_its_report(tmp_path, device):
         assert own["accuracy"] == pytest.approx(pipeline_rm["test_accuracy"]["overall"], abs=1e-4)
         assert Path(summary["report"]).exists()
         assert (Path(summary["report"]).parent / "scaling.png").exists()
-        # a learning-rate grid with a probed head: new models, each its own directory
+        # no judge ranks better than the Bayes ceiling, the right-or-wrong one included
+        assert 0.5 <= summary["right_or_wrong_accuracy"] <= summary["ceiling"]
+        # a learning-rate grid with a probed head, the answers shown: new models, each its own
+        # directory, trained and tested on prompts that end with the gold answer
         rate = config.reward_model.learning_rate
         grid = ["--extra-pairs", "0", "--learning-rates", str(rate), str(2 * rate), "--probe-head"]
-        rows = scaling["main"]([*arguments[:2], *grid, "--epochs", "1"])["rows"]
-        assert [(r["learning_rate"], r["probe_head"]) for r in rows] == [
-            (rate, True),
-            (2 * rate, True),
+        rows = scaling["main"]([*arguments[:2], *grid, "--epochs", "1", "--show-answer"])["rows"]
+        assert [(r["learning_rate"], r["probe_head"], r["answer_shown"]) for r in rows] == [
+            (rate, True, True),
+            (2 * rate, True, True),
         ]
         directories = sorted(p.name for p in Path(summary["report"]).parent.glob("extra0_*"))
         assert directories == [
             f"extra0_epochs1_lr{r:g}{s}"
-            for r, s in [(rate, ""), (rate, "_probe"), (2 * rate, "_probe")]
+            for r, s in [(rate, ""), (rate, "_probe_answer"), (2 * rate, "_probe_answer")]
         ]
+        shown = read_preferences(Path(summary["report"]).parent / "train_0_answer.jsonl")
+        helpful = [p for p in shown if p.category == "helpfulness"]
+        assert helpful and all(re.search(r" Answer: .+$", p.prompt) for p in helpful)
 
 
 def test_preference_pairs_do_not_depend_on_what_ran_before(tmp_path):

@@ -95,16 +95,19 @@ def sample_pair_tasks(tasks: Sequence[Task], count: int, seed: int) -> list[Task
     return [tasks[i] for i in rng.integers(0, len(tasks), size=count)]
 
 
-def gold_gaps(pairs: Sequence[PreferencePair], tasks: Sequence[Task]) -> np.ndarray:
-    """``gold(chosen) - gold(rejected)`` in each pair's category (the world knows the truth)."""
+def gold_gaps(
+    pairs: Sequence[PreferencePair], tasks: Sequence[Task], graded: bool = True
+) -> np.ndarray:
+    """``gold(chosen) - gold(rejected)`` in each pair's category (the world knows the truth;
+    ``graded=False``: by the judge that does not grade near misses)."""
     by_prompt = {task.prompt: task for task in tasks}
     missing = [p.prompt for p in pairs if p.prompt not in by_prompt]
     if missing:
         raise ValueError(f"prompt {missing[0]!r} is not one of the world's tasks")
     return np.array(
         [
-            gold_value(judge(by_prompt[p.prompt], p.chosen), p.category)
-            - gold_value(judge(by_prompt[p.prompt], p.rejected), p.category)
+            gold_value(judge(by_prompt[p.prompt], p.chosen, graded), p.category)
+            - gold_value(judge(by_prompt[p.prompt], p.rejected, graded), p.category)
             for p in pairs
         ]
     )
